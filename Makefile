@@ -1,0 +1,34 @@
+# node_flow: the documented way to install, test and run the studies.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test run linear depth-limit lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+run: depth-limit
+
+linear: install
+	$(PY) experiments/linear_intrinsic.py
+
+depth-limit: install
+	$(PY) experiments/depth_limit.py
+
+lint: install
+	$(VENV)/bin/ruff check node_flow experiments tests
+	$(VENV)/bin/ruff format --check node_flow experiments tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
