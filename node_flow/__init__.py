@@ -1,0 +1,23 @@
+r"""node_flow: gradient flows of deep networks seen through a lifting $z = \varphi(\theta)$.
+
+Parameter-space flows, their conservation laws, the intrinsic flows of $z$, and the
+infinite-depth limit of linear networks, the linear neural ODE. See `THEORY.md`.
+"""
+
+from . import init as init, kernels as kernels, neural_ode as neural_ode
+from ._conservation import conservation_laws as conservation_laws
+from ._flow import (
+    FlowError as FlowError,
+    gradient_flow as gradient_flow,
+    intrinsic_flow as intrinsic_flow,
+)
+from ._lifting import AbstractLifting as AbstractLifting
+from ._linear import LinearNetwork as LinearNetwork
+from ._loss import LeastSquares as LeastSquares
+from ._metric import metric as metric
+from ._neural_ode import LinearNeuralODE as LinearNeuralODE
+from ._residual import ResidualLinearNetwork as ResidualLinearNetwork
+from ._solution import FlowSolution as FlowSolution, RESULTS as RESULTS
+
+
+__version__ = "0.1.0"

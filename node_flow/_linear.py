@@ -1,0 +1,81 @@
+"""Deep linear networks: the lifting $z = U_L \cdots U_1$ and its conservation laws."""
+
+import functools as ft
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._chain import chain_product
+from ._lifting import AbstractLifting
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_finite(name: str, arrays) -> None:
+    """Raise a `ValueError` naming `name` if a concrete array holds NaN or inf."""
+    for i, a in enumerate(jax.tree.leaves(arrays)):
+        if _is_concrete(a) and not np.all(np.isfinite(np.asarray(a))):
+            raise ValueError(f"{name}: entry {i} holds non-finite values (NaN or inf).")
+
+
+class LinearNetwork(AbstractLifting):
+    r"""A deep linear network $\theta = (U_1, \dots, U_L)$, $U_j \in \mathbb{R}^{n_j \times n_{j-1}}$,
+    with lifting the product $z = \varphi(\theta) = U_L \cdots U_1$.
+
+    **Arguments:**
+
+    - `weights`: a sequence of 2-D arrays, `weights[j-1] = U_j` (input layer first). The
+      width chain must match: `weights[j].shape[1] == weights[j-1].shape[0]`.
+
+    **Attributes:** `depth` ($L$) and `widths` ($(n_0, n_1, \dots, n_L)$).
+    """
+
+    weights: tuple[Float[Array, "_ _"], ...]
+
+    def __init__(self, weights):
+        if isinstance(weights, (jax.Array, np.ndarray)) and jnp.ndim(weights) == 3:
+            weights = tuple(weights)
+        if not isinstance(weights, (tuple, list)) or len(weights) == 0:
+            raise TypeError(
+                "LinearNetwork: `weights` must be a non-empty tuple of 2-D arrays "
+                f"U_1, ..., U_L; got {type(weights).__name__}."
+            )
+        self.weights = tuple(jnp.asarray(U) for U in weights)
+
+    def __check_init__(self):
+        for j, U in enumerate(self.weights, start=1):
+            if U.ndim != 2:
+                raise ValueError(f"LinearNetwork: U_{j} must be a matrix; got shape {U.shape}.")
+            if not jnp.issubdtype(U.dtype, jnp.inexact):
+                raise TypeError(f"LinearNetwork: U_{j} must have a floating dtype; got {U.dtype}.")
+        for j in range(1, len(self.weights)):
+            out_prev, in_next = self.weights[j - 1].shape[0], self.weights[j].shape[1]
+            if out_prev != in_next:
+                raise ValueError(
+                    f"LinearNetwork: mismatched widths: U_{j} has {out_prev} rows but "
+                    f"U_{j + 1} has {in_next} columns (U_{j + 1} U_{j} is undefined)."
+                )
+        check_finite("LinearNetwork weights", self.weights)
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.weights[0].shape[1],) + tuple(U.shape[0] for U in self.weights)
+
+    @property
+    def is_square(self) -> bool:
+        """Whether all widths are equal (then the factors can be stacked)."""
+        return len(set(self.widths)) == 1
+
+    def lift(self) -> Float[Array, "out inp"]:
+        r"""$z = U_L \cdots U_1$ (a log-depth batched product when widths are equal)."""
+        if self.is_square:
+            return chain_product(jnp.stack(self.weights))
+        return ft.reduce(lambda z, U: U @ z, self.weights[1:], self.weights[0])

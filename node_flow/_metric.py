@@ -1,0 +1,38 @@
+"""The metric $M(\theta) = \partial\varphi(\theta) \partial\varphi(\theta)^\top$ as an operator."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._lifting import precondition
+
+
+def metric(model: eqx.Module, G: Array) -> Array:
+    r"""Apply the metric of the lifted dynamics, $M(\theta)[G] = \partial\varphi(\theta)\,
+    P^{-1} \partial\varphi(\theta)^\top [G]$, without forming the Jacobian.
+
+    For the gradient flow of $L(\theta) = \ell(\varphi(\theta))$ the lifted variable obeys
+    $\dot z = -M(\theta) \nabla \ell(z)$ (THEORY §1). $\partial\varphi^\top[G]$ is a
+    vector–Jacobian product and $\partial\varphi[\cdot]$ a Jacobian–vector product of
+    `model.lift()`. $P$ is the model's training metric: the identity for plain parameters
+    (e.g. [`node_flow.LinearNetwork`][]), $(1/L)\sum_k \|A_k\|^2$ for
+    [`node_flow.ResidualLinearNetwork`][], the $L^2$ metric for
+    [`node_flow.LinearNeuralODE`][], so that `gradient_flow` always satisfies
+    $\dot z = -\text{time\_scale} \cdot M(\theta)\nabla\ell(z)$.
+
+    **Arguments:** `model`, any `eqx.Module` with a `.lift()` method; `G`, an array of the
+    shape of `model.lift()`.
+
+    **Returns:** $M(\theta)[G]$, shaped like `G`.
+    """
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    lift = lambda p: eqx.combine(p, static).lift()
+    z, vjp = jax.vjp(lift, params)
+    G = jnp.asarray(G, dtype=z.dtype)
+    if G.shape != z.shape:
+        raise ValueError(f"metric: G must have the shape of z {z.shape}; got {G.shape}.")
+    (cotangent,) = vjp(G)
+    direction = precondition(model, cotangent)
+    _, MG = jax.jvp(lift, (params,), (direction,))
+    return MG

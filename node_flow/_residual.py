@@ -1,0 +1,66 @@
+"""Residual linear networks $U_k = I + A_k / L$: the finite-depth neural ODE."""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._chain import chain_product
+from ._lifting import AbstractLifting
+from ._linear import check_finite, LinearNetwork
+
+
+class ResidualLinearNetwork(AbstractLifting):
+    r"""A depth-$L$ residual linear network $z = U_L \cdots U_1$, $U_k = I + A_k / L$.
+
+    Its training metric is $(1/L) \sum_k \|A_k\|_F^2$, so [`node_flow.gradient_flow`][]
+    integrates $\dot A_k = -L\, \partial L / \partial A_k$, i.e.
+    $\dot U_k = -\frac1L \nabla_{U_k} L$: the time scale of the linear neural ODE, of
+    which this is the depth-$L$ discretization (THEORY §3; Sander et al. 2022).
+
+    **Arguments:** `A`, the stack of residual weights, shape `(L, n, n)`.
+    """
+
+    A: Float[Array, "depth n n"]
+
+    def __init__(self, A):
+        A = jnp.asarray(A)
+        if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
+            raise ValueError(
+                "ResidualLinearNetwork: `A` must be a stack of square matrices of shape "
+                f"(L, n, n) with L ≥ 1; got {A.shape}."
+            )
+        if not jnp.issubdtype(A.dtype, jnp.floating):
+            raise TypeError(f"ResidualLinearNetwork: `A` must be floating; got {A.dtype}.")
+        check_finite("ResidualLinearNetwork A", A)
+        self.A = A
+
+    @property
+    def depth(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.A.shape[1],) * (self.depth + 1)
+
+    def factors(self) -> Float[Array, "depth n n"]:
+        r"""The stacked factors $U_k = I + A_k / L$."""
+        return jnp.eye(self.A.shape[1], dtype=self.A.dtype) + self.A / self.depth
+
+    def lift(self) -> Float[Array, "n n"]:
+        r"""$z = U_L \cdots U_1$ (log-depth batched product)."""
+        return chain_product(self.factors())
+
+    def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
+        r"""$\partial L/\partial A_k \mapsto L\, \partial L/\partial A_k$ (metric $\frac1L\sum\|A_k\|^2$)."""
+        return jax.tree.map(lambda g: self.depth * g, grads)
+
+    def to_linear(self) -> LinearNetwork:
+        """The same network as a [`node_flow.LinearNetwork`][] of its factors $U_k$
+        (Euclidean metric on the $U_k$: train it with `time_scale = 1 / L` for the same flow)."""
+        return LinearNetwork(tuple(self.factors()))
+
+
+def residual_from_factors(U: Float[Array, "depth n n"]) -> ResidualLinearNetwork:
+    """The residual network with factors `U` ($A_k = L (U_k - I)$)."""
+    L, n, _ = U.shape
+    return ResidualLinearNetwork(L * (U - jnp.eye(n, dtype=U.dtype)))

@@ -1,0 +1,177 @@
+r"""A lifting $\varphi$ and a point $\theta$, flattened to $x \in \mathbb{R}^D$, validated once.
+
+Every routine of `node_flow.criterion` works on the flat vector
+$x = \operatorname{ravel}(\theta) \in \mathbb{R}^D$ and the flat map
+$f(x) = \operatorname{ravel}(\varphi(\operatorname{unravel}(x))) \in \mathbb{R}^d$, with the
+Euclidean metric on $x$. This file turns the user's `(phi, theta)` into that pair, with a clear
+`TypeError`/`ValueError` for input that would otherwise give a silent wrong answer.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PyTree
+
+
+class _ModuleLift(eqx.Module):
+    """`params ↦ eqx.combine(params, static).lift()`: the lifting of an `eqx.Module` model."""
+
+    static: Any
+
+    def __call__(self, params: PyTree) -> Any:
+        return eqx.combine(params, self.static).lift()
+
+
+class _ModuleCall(eqx.Module):
+    """`params ↦ fn(eqx.combine(params, static))`: a user function of an `eqx.Module` model."""
+
+    fn: Callable
+    static: Any
+
+    def __call__(self, params: PyTree) -> Any:
+        return self.fn(eqx.combine(params, self.static))
+
+
+class FlatLifting(eqx.Module):
+    r"""The flat map $f(x) = \operatorname{ravel}(\varphi(\operatorname{unravel}(x)))$.
+
+    Hashable by the identity of `phi` and the (static) structure of $\theta$, so that
+    `eqx.filter_jit` reuses compiled code across calls on the same lifting and shapes.
+    """
+
+    phi: Callable
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def unravel(self, x: Float[Array, " D"]) -> PyTree:
+        leaves, start = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape, dtype=int))
+            leaves.append(x[start : start + size].reshape(shape))
+            start += size
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def __call__(self, x: Float[Array, " D"]) -> Float[Array, " d"]:
+        return jnp.ravel(self.phi(self.unravel(x)))
+
+
+def _check_leaves(theta: PyTree, name: str) -> list:
+    leaves_with_path, _ = jax.tree_util.tree_flatten_with_path(theta)
+    if not leaves_with_path:
+        raise ValueError(f"{name}: θ has no array leaves (D = 0); nothing to check.")
+    arrays, dtypes = [], set()
+    for path, leaf in leaves_with_path:
+        where = jax.tree_util.keystr(path) or "<root>"
+        if isinstance(leaf, (bool, int, np.integer, np.bool_)) or (
+            hasattr(leaf, "dtype") and not jnp.issubdtype(leaf.dtype, jnp.floating)
+        ):
+            dtype = getattr(leaf, "dtype", type(leaf).__name__)
+            raise TypeError(
+                f"{name}: θ leaf {where} has dtype {dtype}; the criterion differentiates "
+                "with respect to every leaf, so all leaves must be real floating arrays "
+                "(convert with jnp.asarray(x, dtype=float), or close over integer data in phi)."
+            )
+        if not isinstance(leaf, (jax.Array, np.ndarray, float)):
+            raise TypeError(
+                f"{name}: θ leaf {where} is a {type(leaf).__name__}, not an array; "
+                "θ must be a pytree of floating arrays."
+            )
+        leaf = jnp.asarray(leaf)
+        dtypes.add(leaf.dtype)
+        arrays.append(leaf)
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"{name}: θ mixes floating dtypes {sorted(map(str, dtypes))}; cast all leaves to "
+            "one dtype (float64 recommended) so rank decisions use one precision."
+        )
+    for path_leaf, a in zip(leaves_with_path, arrays):
+        if not bool(jnp.all(jnp.isfinite(a))):
+            where = jax.tree_util.keystr(path_leaf[0]) or "<root>"
+            raise ValueError(f"{name}: θ leaf {where} holds NaN or inf.")
+    return arrays
+
+
+def _check_output(fn: Callable, theta: PyTree, name: str, what: str) -> int:
+    try:
+        out = jax.eval_shape(fn, theta)
+    except TypeError as err:
+        raise TypeError(
+            f"{name}: `{what}` must be a JAX function of θ returning one floating array; "
+            f"evaluating it failed with: {err}"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{name}: `{what}` must return a single floating array, got "
+            f"{type(out).__name__} ({jax.tree.structure(out)}); combine the outputs into one "
+            "array, e.g. with jnp.concatenate or jax.flatten_util.ravel_pytree."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: `{what}` returned dtype {out.dtype}; it must return a real floating "
+            "array (an integer or boolean output has no derivative)."
+        )
+    size = int(np.prod(out.shape, dtype=int))
+    if size == 0:
+        raise ValueError(f"{name}: `{what}` returned an empty array (shape {out.shape}).")
+    return size
+
+
+class Problem(eqx.Module):
+    """A validated `(f, x)` pair with its sizes."""
+
+    f: FlatLifting
+    x: Float[Array, " D"]
+    num_params: int = eqx.field(static=True)
+    num_outputs: int = eqx.field(static=True)
+    static: Any = None
+
+    def flat(self, fn: Callable, name: str, what: str) -> tuple[FlatLifting, int]:
+        """Flatten another function of θ (e.g. the conserved quantities) the same way."""
+        if not callable(fn):
+            raise TypeError(f"{name}: `{what}` must be callable; got {type(fn).__name__}.")
+        if self.static is not None:
+            fn = _ModuleCall(fn, self.static)
+        g = FlatLifting(fn, self.f.treedef, self.f.shapes)
+        theta = self.f.unravel(self.x)
+        return g, _check_output(fn, theta, name, what)
+
+
+def make_problem(phi: Callable | None, theta: PyTree, name: str) -> Problem:
+    r"""Validate `(phi, theta)` and flatten them.
+
+    `phi=None` takes θ to be an `eqx.Module` with a `.lift()` method (every node_flow model):
+    its inexact-array leaves are the parameters and $\varphi$ is the lift of the recombined
+    module.
+    """
+    static = None
+    if phi is None:
+        if not (isinstance(theta, eqx.Module) and callable(getattr(type(theta), "lift", None))):
+            raise TypeError(
+                f"{name}: with phi=None, θ must be an eqx.Module with a .lift() method; "
+                f"got {type(theta).__name__}."
+            )
+        params, static = eqx.partition(theta, eqx.is_inexact_array)
+        phi, theta = _ModuleLift(static), params
+    elif not callable(phi):
+        raise TypeError(f"{name}: phi must be callable (θ ↦ array); got {type(phi).__name__}.")
+    arrays = _check_leaves(theta, name)
+    treedef = jax.tree.structure(theta)
+    theta = jax.tree.unflatten(treedef, arrays)
+    num_outputs = _check_output(phi, theta, name, "phi")
+    shapes = tuple(tuple(a.shape) for a in arrays)
+    x = jnp.concatenate([jnp.ravel(a) for a in arrays])
+    f = FlatLifting(phi, treedef, shapes)
+    return Problem(f, x, int(x.shape[0]), num_outputs, static)
+
+
+@eqx.filter_jit
+def jacobian(f: FlatLifting, x: Float[Array, " D"]) -> Float[Array, "d D"]:
+    r"""The Jacobian $\partial f(x) \in \mathbb{R}^{d \times D}$ (reverse mode when $d \le D$)."""
+    d = jax.eval_shape(f, x).shape[0]
+    if d <= x.shape[0]:
+        return jax.jacrev(f)(x)
+    return jax.jacfwd(f)(x)

@@ -1,0 +1,110 @@
+"""Intrinsic kernels of deep linear networks (THEORY §2)."""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._spectral import apply_in_singular_basis, check_square_pair
+
+
+_ROOT_ITERATIONS = 80
+
+
+def _depth_weights(a: Float[Array, " n"], c: Float[Array, " L"]) -> Float[Array, "n n"]:
+    r"""$W_{kl} = \sum_{j=1}^{L} \prod_{i>j}(a_k + c_i) \prod_{i<j}(a_l + c_i)$.
+
+    Exclusive prefix and suffix products along the depth, then one $(n \times L)(L \times n)$
+    product: $O(nL)$ work and no division, so it is exact when $a_k + c_i = 0$ and
+    continuous when singular values coincide.
+    """
+    F = a[:, None] + c[None, :]
+    ones = jnp.ones_like(F[:, :1])
+    prefix = jnp.concatenate([ones, jnp.cumprod(F, axis=1)[:, :-1]], axis=1)
+    suffix = jnp.concatenate([jnp.cumprod(F[:, ::-1], axis=1)[:, :-1][:, ::-1], ones], axis=1)
+    return suffix @ prefix.T
+
+
+def solve_a(s2: Float[Array, " n"], c: Float[Array, " L"]) -> Float[Array, " n"]:
+    r"""The unique roots $a_k$ of $\prod_j (a + c_j) = s_k^2$ with all $a + c_j \ge 0$.
+
+    $f(a) = \sum_j \ln(a + c_j) - \ln s_k^2$ is increasing and concave on
+    $a > -\min_j c_j$, and the root lies in the bracket
+    $[\max(-\min c, s^{2/L} - \max c),\ s^{2/L} - \min c]$. Newton's method safeguarded by
+    bisection inside the (shrinking) bracket, a fixed number of iterations so that it runs
+    under `jit` and `vmap`. $s_k = 0$ gives $a_k = -\min_j c_j$.
+    """
+    L = c.shape[0]
+    cmin, cmax = jnp.min(c), jnp.max(c)
+    positive = s2 > 0
+    s2_safe = jnp.where(positive, s2, 1.0)
+    root = s2_safe ** (1.0 / L)
+    lo = jnp.maximum(-cmin, root - cmax)
+    hi = root - cmin
+    log_s2 = jnp.log(s2_safe)
+
+    def step(_, state):
+        x, lo, hi = state
+        shifted = x[:, None] + c[None, :]
+        f = jnp.sum(jnp.log(shifted), axis=1) - log_s2
+        df = jnp.sum(1.0 / shifted, axis=1)
+        lo = jnp.where(f < 0, x, lo)
+        hi = jnp.where(f > 0, x, hi)
+        newton = jnp.where(f == 0, x, x - f / df)
+        bad = ~jnp.isfinite(newton) | (newton < lo) | (newton > hi)
+        return jnp.where(bad, 0.5 * (lo + hi), newton), lo, hi
+
+    a, _, _ = jax.lax.fori_loop(0, _ROOT_ITERATIONS, step, (hi, lo, hi))
+    return jnp.where(positive, a, -cmin)
+
+
+def _kernel(z, G, a_of_s2, c):
+    X, s, Yt = jnp.linalg.svd(z)
+    a = a_of_s2(s**2)
+    return apply_in_singular_basis(X, _depth_weights(a, c), Yt.T, G)
+
+
+def relaxed_balanced(
+    z: Float[ArrayLike, "n n"], G: Float[ArrayLike, "n n"], lambdas: Float[ArrayLike, " L-1"]
+) -> Float[Array, "n n"]:
+    r"""The intrinsic kernel $K_L(z)[G]$ of a relaxed balanced deep linear network.
+
+    For $C_j = \lambda_j I$ ($j = 1, \dots, L-1$), with $c_1 = 0$,
+    $c_j = \lambda_1 + \dots + \lambda_{j-1}$, $z = X \operatorname{diag}(s) Y^\top$ and
+    $a_k$ the root of $\prod_j (a_k + c_j) = s_k^2$ (THEORY §2):
+
+    $$K_L(z)[G] = X \big(W \circ (X^\top G Y)\big) Y^\top, \qquad
+      W_{kl} = \sum_{j=1}^{L} \prod_{i>j}(a_k + c_i) \prod_{i<j}(a_l + c_i).$$
+
+    The gradient flow of any loss then gives $\dot z = -K_L(z)[\nabla\ell(z)]$.
+
+    **Arguments:** `z` (square), `G` (shape of `z`), `lambdas` (the $L-1$ imbalances; the
+    depth is `len(lambdas) + 1`). Usable under `jit` and `vmap`.
+    """
+    z, G = check_square_pair("kernels.relaxed_balanced", z, G)
+    lambdas = jnp.asarray(lambdas, dtype=z.dtype)
+    if lambdas.ndim != 1:
+        raise ValueError(
+            "kernels.relaxed_balanced: `lambdas` must be a 1-D array of the L - 1 "
+            f"imbalances; got shape {lambdas.shape}."
+        )
+    c = jnp.concatenate([jnp.zeros(1, z.dtype), jnp.cumsum(lambdas)])
+    return _kernel(z, G, lambda s2: solve_a(s2, c), c)
+
+
+def balanced(
+    z: Float[ArrayLike, "n n"], G: Float[ArrayLike, "n n"], depth: int
+) -> Float[Array, "n n"]:
+    r"""The intrinsic kernel of a balanced depth-$L$ linear network (Arora et al. 2018):
+
+    $$K_L(z)[G] = \sum_{j=1}^{L} (zz^\top)^{\frac{L-j}{L}}\, G\, (z^\top z)^{\frac{j-1}{L}}
+      = X \big(W \circ (X^\top G Y)\big) Y^\top,\quad W_{kl} = \sum_{j=1}^{L}
+      s_k^{2(L-j)/L} s_l^{2(j-1)/L}.$$
+
+    The case $\lambda = 0$ of [`node_flow.kernels.relaxed_balanced`][] ($a_k = s_k^{2/L}$).
+    `depth` is a static Python int $\ge 1$.
+    """
+    z, G = check_square_pair("kernels.balanced", z, G)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"kernels.balanced: `depth` must be an integer ≥ 1; got {depth!r}.")
+    c = jnp.zeros(depth, z.dtype)
+    return _kernel(z, G, lambda s2: s2 ** (1.0 / depth), c)

@@ -1,0 +1,203 @@
+r"""Relaxed balanced weight functions $A = K + R S_0 R^\top + (\frac12\int_0^s\lambda) I$
+and their exactly relaxed balanced depth-$L$ residual discretizations (THEORY §3)."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import expm
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from .._neural_ode import LinearNeuralODE
+from .._residual import ResidualLinearNetwork
+
+
+_QUADRATURE_POINTS = 64
+LambdaProfile = Callable[[Array], Array] | float
+
+
+def _gauss_legendre01(dtype):
+    x, w = np.polynomial.legendre.leggauss(_QUADRATURE_POINTS)
+    return jnp.asarray((x + 1) / 2, dtype), jnp.asarray(w / 2, dtype)
+
+
+def _as_profile(lam: LambdaProfile) -> Callable[[Array], Array]:
+    if callable(lam):
+        return lam
+    value = float(lam)
+    return lambda s: jnp.full_like(s, value)
+
+
+class RelaxedBalancedWeights(eqx.Module):
+    r"""The relaxed balanced weight function of THEORY §3,
+
+    $$A(s) = K + R(s) S_0 R(s)^\top + \mu(s) I, \quad R(s) = e^{sK},\quad
+      \mu(s) = \tfrac12 \int_0^s \lambda,$$
+
+    with $K$ skew and $S_0$ symmetric. Its conservation law is exactly
+    $\Lambda(s) = \lambda(s) I$ and its lifting is
+    $\Phi(1, 0) = R(1)\, e^{S_0}\, e^{\int_0^1 \mu}$ (since
+    $\Phi(s,0) = R(s) e^{s S_0} e^{\int_0^s \mu}$ solves $\partial_s\Phi = A\Phi$).
+
+    `lam` is a scalar profile $s \mapsto \lambda(s)$ (a JAX function) or a constant.
+    """
+
+    K: Float[Array, "n n"]
+    S0: Float[Array, "n n"]
+    lam: Callable = eqx.field(static=True)
+
+    def __init__(self, K, S0, lam: LambdaProfile):
+        K, S0 = jnp.asarray(K), jnp.asarray(S0)
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or S0.shape != K.shape:
+            raise ValueError(
+                f"RelaxedBalancedWeights: K and S0 must be n×n; got {K.shape}, {S0.shape}."
+            )
+        if not (np.allclose(K, -K.T, atol=1e-12) and np.allclose(S0, S0.T, atol=1e-12)):
+            raise ValueError("RelaxedBalancedWeights: K must be skew and S0 symmetric.")
+        self.K, self.S0 = K, S0
+        self.lam = _as_profile(lam)
+        probe = jnp.linspace(0.0, 1.0, 33, dtype=K.dtype)
+        values = jax.vmap(self.lam)(probe)
+        if values.shape != probe.shape:
+            raise ValueError(
+                "RelaxedBalancedWeights: the λ profile must map a scalar s to a scalar; "
+                f"got output shape {values.shape[1:]} per point."
+            )
+        if not np.all(np.isfinite(np.asarray(values))):
+            raise ValueError("RelaxedBalancedWeights: the λ profile is not finite on [0, 1].")
+
+    @property
+    def n(self) -> int:
+        return self.K.shape[0]
+
+    def mu(self, s: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        r"""$\mu(s) = \frac12\int_0^s \lambda$ (64-point Gauss–Legendre)."""
+        x, w = _gauss_legendre01(self.K.dtype)
+        return 0.5 * s * jnp.sum(w * jax.vmap(self.lam)(s * x))
+
+    def double_integral(self) -> Float[Array, ""]:
+        r"""$\int_0^1 \mu = \frac12 \int_0^1 (1 - r)\lambda(r)\, dr$."""
+        x, w = _gauss_legendre01(self.K.dtype)
+        return 0.5 * jnp.sum(w * (1 - x) * jax.vmap(self.lam)(x))
+
+    def at(self, s: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch n n"]:
+        r"""$A(s)$."""
+        s = jnp.asarray(s, dtype=self.K.dtype)
+
+        def one(x):
+            R = expm(x * self.K)
+            return self.K + R @ self.S0 @ R.T + self.mu(x) * jnp.eye(self.n, dtype=x.dtype)
+
+        return jax.vmap(one)(s.reshape(-1)).reshape(s.shape + (self.n, self.n))
+
+    def z0(self) -> Float[Array, "n n"]:
+        r"""The exact lifting $\Phi(1,0) = e^{K} e^{S_0} e^{\int_0^1\mu}$."""
+        return expm(self.K) @ expm(self.S0) * jnp.exp(self.double_integral())
+
+    def grid(self, m: int, interpolation: str = "linear", **kwargs) -> LinearNeuralODE:
+        """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`."""
+        if not isinstance(m, int) or m < 1:
+            raise ValueError(f"relaxed_balanced: the grid needs m ≥ 1 cells; got {m!r}.")
+        nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
+        return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
+
+    def lambdas(self, L: int) -> Float[Array, " L-1"]:
+        r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of the depth-$L$ network."""
+        s = jnp.arange(1, L, dtype=self.K.dtype) / L
+        return jax.vmap(self.lam)(s) / L**2
+
+    def residual(self, L: int) -> ResidualLinearNetwork:
+        r"""An exactly relaxed balanced depth-$L$ residual network converging to $A$.
+
+        With $S_0 = Q \operatorname{diag}(d) Q^\top$ and $s_k = k/L$:
+        $U_k = R(s_k) Q \Sigma_k Q^\top R(s_{k-1})^\top$, $\sigma_{k,j}^2 = a_j + c_k$,
+        $a_j = e^{2 d_j / L}$, $c_k = \sum_{i<k} \lambda_i$, $\lambda_i = \lambda(i/L)/L^2$.
+        The singular frames are shared between neighbours (THEORY §2), so
+        $C_k = U_{k+1}^\top U_{k+1} - U_k U_k^\top = \lambda_k I$ to rounding, and
+        $L(U_k - I) = A(s) + O(1/L)$ on cell $k$ (since $\sigma_{k,j} = 1 + (d_j +
+        \mu(s_k))/L + O(L^{-2})$). Raises a `ValueError` if some $a_j + c_k \le 0$.
+        """
+        if not isinstance(L, int) or L < 1:
+            raise ValueError(f"relaxed_balanced_residual: L must be an integer ≥ 1; got {L!r}.")
+        dtype = self.K.dtype
+        d, Q = jnp.linalg.eigh(self.S0)
+        c = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(self.lambdas(L))])
+        sigma2 = jnp.exp(2 * d / L)[None, :] + c[:, None]
+        worst = float(jnp.min(sigma2))
+        if not worst > 0:
+            raise ValueError(
+                f"relaxed_balanced_residual: the λ profile is infeasible at depth L = {L}: "
+                f"σ²_(k,j) = a_j + c_k reaches {worst:.3g} ≤ 0 (the cumulative imbalance "
+                "c_k = Σ_(i<k) λ(i/L)/L² is too negative). Increase L or S0, or raise λ."
+            )
+        s = jnp.arange(L + 1, dtype=dtype) / L
+        frames = jax.vmap(lambda x: expm(x * self.K) @ Q)(s)
+        U = frames[1:] * jnp.sqrt(sigma2)[:, None, :] @ jnp.swapaxes(frames[:-1], -1, -2)
+        return ResidualLinearNetwork(L * (U - jnp.eye(self.n, dtype=dtype)))
+
+
+def relaxed_balanced_weights(
+    key: PRNGKeyArray,
+    n: int,
+    lam: LambdaProfile = 0.0,
+    *,
+    scale: float = 0.5,
+    skew: float = 0.5,
+    dtype=None,
+) -> RelaxedBalancedWeights:
+    r"""A random relaxed balanced weight function: $K$ skew and $S_0$ symmetric with
+    Gaussian entries of size `skew / √n` and `scale / √n`. The same `key` gives the same
+    $K$, $S_0$ whatever `lam`."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"relaxed_balanced: n must be an integer ≥ 1; got {n!r}.")
+    dtype = dtype or jnp.result_type(float)
+    kK, kS = jax.random.split(key)
+    B = jax.random.normal(kK, (n, n), dtype)
+    C = jax.random.normal(kS, (n, n), dtype)
+    K = skew * (B - B.T) / (2 * n) ** 0.5
+    S0 = scale * (C + C.T) / (2 * n) ** 0.5
+    return RelaxedBalancedWeights(K, S0, lam)
+
+
+def relaxed_balanced(
+    key: PRNGKeyArray,
+    n: int,
+    m: int,
+    lam: LambdaProfile = 0.0,
+    *,
+    interpolation: str = "linear",
+    scale: float = 0.5,
+    skew: float = 0.5,
+    dtype=None,
+    **kwargs,
+) -> LinearNeuralODE:
+    r"""A relaxed balanced weight function $A = K + R S_0 R^\top + (\frac12\int_0^s\lambda) I$
+    (THEORY §3) sampled on a grid of `m` cells: a [`node_flow.LinearNeuralODE`][].
+
+    **Arguments:** `key`; `n` (width); `m` (cells); `lam` (the profile $\lambda(s)$, a JAX
+    scalar function or a constant); `interpolation`; `scale`, `skew` (sizes of $S_0$, $K$);
+    further keywords go to `LinearNeuralODE` (`rtol`, `atol`, `max_steps`). See
+    [`node_flow.neural_ode.RelaxedBalancedWeights`][] for the exact $z_0$ and more.
+    """
+    weights = relaxed_balanced_weights(key, n, lam, scale=scale, skew=skew, dtype=dtype)
+    return weights.grid(m, interpolation, **kwargs)
+
+
+def relaxed_balanced_residual(
+    key: PRNGKeyArray,
+    n: int,
+    lam: LambdaProfile = 0.0,
+    L: int = 16,
+    *,
+    scale: float = 0.5,
+    skew: float = 0.5,
+    dtype=None,
+) -> ResidualLinearNetwork:
+    r"""A depth-`L` residual network that is **exactly** relaxed balanced,
+    $C_k = \lambda(k/L)/L^2 \cdot I$, and converges (at first order) to the weight function
+    that [`node_flow.neural_ode.relaxed_balanced`][] builds from the same `key`, `n`, `lam`.
+    See [`node_flow.neural_ode.RelaxedBalancedWeights.residual`][]."""
+    weights = relaxed_balanced_weights(key, n, lam, scale=scale, skew=skew, dtype=dtype)
+    return weights.residual(L)
