@@ -7,7 +7,7 @@ from ._linear import LinearNetwork
 from ._residual import ResidualLinearNetwork
 
 
-def stacked_conservation_laws(U: Float[Array, "depth n n"]) -> Float[Array, "depth-1 n n"]:
+def stacked_conservation_laws(U: Float[Array, "depth n n"]) -> Float[Array, "laws n n"]:
     UT = jnp.swapaxes(U, -1, -2)
     return UT[1:] @ U[1:] - U[:-1] @ UT[:-1]
 

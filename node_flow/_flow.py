@@ -83,7 +83,10 @@ def _integrate(
 ):
     """Solve $y' = f(t, y)$; returns (ts, save_fn outputs at ts, t_final, stats, result)."""
     term = diffrax.ODETerm(vector_field)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    # A step-size floor turns a stalled solve (finite-time singularity, extreme
+    # stiffness) into `dt_min_reached` instead of burning through `max_steps`.
+    dtmin = 1e-13 * (t1 - t0)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, dtmin=dtmin)
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
 
     def blew_up(t, y, args, **kwargs):
@@ -126,6 +129,18 @@ def _integrate(
     return ts_saved, saved, t_final[0], stats, result
 
 
+_HINTS = {
+    RESULTS[RESULTS.dt_min_reached]: (
+        " The step size collapsed below 1e-13·(t1 − t0): the flow has a finite-time "
+        "singularity (blow-up) or is extremely stiff there."
+    ),
+    RESULTS[RESULTS.max_steps_reached]: (
+        " Long plateaus (small initializations) need many steps: raise `max_steps`, "
+        "or loosen rtol/atol."
+    ),
+}
+
+
 def _finish(fname, ts, zs, losses, t_final, stats, result, models, t0, t1, throw, initial_vf):
     ok = (result == RESULTS.successful) | (result == RESULTS.event_occurred)
     if not isinstance(ok, jax.core.Tracer) and not bool(ok):
@@ -137,8 +152,9 @@ def _finish(fname, ts, zs, losses, t_final, stats, result, models, t0, t1, throw
         if isinstance(ok, jax.core.Tracer):
             zs = result.error_if(zs, ~ok)
         elif not bool(ok):
+            hint = _HINTS.get(RESULTS[result], "")
             raise FlowError(
-                f"{fname}: {RESULTS[result]} Stopped at t = {float(t_final):.6g} of "
+                f"{fname}: {RESULTS[result]}{hint} Stopped at t = {float(t_final):.6g} of "
                 f"[{float(t0):.6g}, {float(t1):.6g}] after {int(stats['num_steps'])} steps."
             )
     return FlowSolution(

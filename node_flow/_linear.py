@@ -1,4 +1,4 @@
-"""Deep linear networks: the lifting $z = U_L \cdots U_1$ and its conservation laws."""
+r"""Deep linear networks: the lifting $z = U_L \cdots U_1$ and its conservation laws."""
 
 import functools as ft
 

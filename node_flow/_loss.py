@@ -30,7 +30,7 @@ class LeastSquares(eqx.Module):
             )
         self.X, self.Y = X, Y
 
-    def __call__(self, z: Float[Array, "out inp"]) -> Float[Array, ""]:
+    def __call__(self, z: Float[Array, "..."]) -> Float[Array, ""]:
         if z.shape != (self.Y.shape[0], self.X.shape[0]):
             raise ValueError(
                 f"LeastSquares: z must have shape {(self.Y.shape[0], self.X.shape[0])} "

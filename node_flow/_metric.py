@@ -1,4 +1,4 @@
-"""The metric $M(\theta) = \partial\varphi(\theta) \partial\varphi(\theta)^\top$ as an operator."""
+r"""The metric $M(\theta) = \partial\varphi(\theta) \partial\varphi(\theta)^\top$ as an operator."""
 
 import equinox as eqx
 import jax

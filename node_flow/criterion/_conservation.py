@@ -3,7 +3,6 @@ r"""Counting conservation laws: $D - \dim\mathrm{Lie}(\theta)$, checked against 
 from collections.abc import Callable
 
 import equinox as eqx
-import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
@@ -87,7 +86,7 @@ def conservation_laws(
         rtol=rtol,
         min_gap=min_gap,
         batch_size=batch_size,
-        key=jr.key(0) if key is None else key,
+        key=key,
     )
     if not lie.decided:
         raise ValueError(
@@ -117,7 +116,7 @@ def conservation_laws(
             )
         s = np.linalg.svd(Jh, compute_uv=False)
         smax = float(s[0]) if s.size else 0.0
-        num_known, known_gap, _, _ = cut(s, rtol * smax) if smax > 0 else (0, np.inf, 0, 0)
+        num_known, known_gap, _, _ = cut(s, rtol * smax) if smax > 0 else (0, np.inf, np.inf, 0.0)
         if known_gap < min_gap:
             raise ValueError(
                 f"{name}: the rank of the known conserved gradients is ambiguous (gap "

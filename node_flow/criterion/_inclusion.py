@@ -8,12 +8,11 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._lie import _check_options, LieTrace, trace_problem
-from ._problem import FlatLifting, jacobian, make_problem
+from ._problem import FlatLifting, jacobian, make_problem, numpy_rng
 from ._rank import cut, default_min_gap, default_rtol, default_tolerance
 
 
@@ -71,9 +70,13 @@ class KernelInclusion(eqx.Module):
 
 @eqx.filter_jit
 def _grams(
-    f: FlatLifting, x: Float[Array, " D"], V: Float[Array, "D k"], G: Float[Array, "d p"]
+    f: FlatLifting,
+    x: Float[Array, " D"],
+    V: Float[Array, "D k"],
+    G: Float[Array, "d p"] | None,
 ) -> tuple[Float[Array, "k k"], Float[Array, "k k"]]:
-    r"""Gram matrices over the columns $v$ of `V`, summed over probes $g$ (columns of `G`):
+    r"""Gram matrices over the columns $v$ of `V`, summed over probes $g$: the basis vectors of
+    $\mathbb{R}^d$ (`G=None`, exact) or the columns of `G`:
 
     $K_M = \sum_g A_g A_g^\top$, $A_g = [\partial M[v_k] g]_k$, and
     $K_J = \sum_g W_g W_g^\top$, $W_g = [\partial^2 f[v_k, \cdot]^\top g]_k$,
@@ -81,6 +84,8 @@ def _grams(
     from one JVP along $v$ of $y \mapsto (w(y), \partial f(y) w(y))$, $w(y) = \partial f(y)^\top g$
     (so $\partial f\,w = M g$): no $d \times d$ matrix and no third-order tensor is formed."""
     k = V.shape[1]
+    if G is None:
+        G = jnp.eye(jax.eval_shape(f, x).shape[0], dtype=x.dtype)
 
     def per_probe(carry, g):
         def w_and_mg(y):
@@ -149,7 +154,7 @@ def kernel_inclusion(
       $\mathbb{R}^d$ (exact) while $d \cdot \dim \le 2^{15}$, else with 32 Gaussian vectors;
       an integer forces that many Gaussian probes.
     - `max_depth`, `rtol`, `min_gap`, `batch_size`: as [`node_flow.criterion.lie_trace`][].
-    - `key`: a `jax.random` key for the bracket combinations and probes (default `jr.key(0)`).
+    - `key`: a `jax.random` key for the bracket combinations and probes (default: a fixed seed).
 
     **Returns:** a [`node_flow.criterion.KernelInclusion`][].
     """
@@ -163,8 +168,6 @@ def kernel_inclusion(
     rtol = default_rtol(dtype) if rtol is None else rtol
     min_gap = default_min_gap(dtype) if min_gap is None else min_gap
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
-    key = jr.key(0) if key is None else key
-    trace_key, probe_key = jr.split(key)
     D, d = problem.num_params, problem.num_outputs
     J = np.asarray(jacobian(problem.f, problem.x), dtype=float)
     norm_J = float(np.linalg.norm(J, 2)) if J.size else 0.0
@@ -177,7 +180,7 @@ def kernel_inclusion(
             rtol=rtol,
             min_gap=min_gap,
             batch_size=batch_size,
-            key=trace_key,
+            key=key,
         )
         rank_J = lie.rank_jacobian
         V = np.asarray(lie.basis, dtype=float)[:, rank_J:]
@@ -206,12 +209,14 @@ def kernel_inclusion(
     k = V.shape[1]
     residual, worst, used_probes = 0.0, np.zeros(D), None
     if k:
-        if probes is None and d * k <= _EXACT_BUDGET:
-            G = jnp.eye(d, dtype=dtype)
-        else:
+        G = None
+        if probes is not None or d * k > _EXACT_BUDGET:
             used_probes = _DEFAULT_PROBES if probes is None else probes
-            G = jr.normal(probe_key, (d, used_probes), dtype=dtype) / np.sqrt(used_probes)
-        KM, KJ = _grams(problem.f, problem.x, jnp.asarray(V.astype(dtype)), G)
+            # Gaussian probes scaled by 1/√p: E[G G^T] = I, unbiased squared Frobenius norms
+            G = numpy_rng(key, 1).standard_normal((d, used_probes)) / np.sqrt(used_probes)
+            G = jax.device_put(G.astype(dtype))
+        V_arr = jax.device_put(V.astype(dtype))
+        KM, KJ = _grams(problem.f, problem.x, V_arr, G)
         eval_M, evec_M = np.linalg.eigh(np.asarray(KM, dtype=float))
         top_J = float(np.linalg.eigvalsh(np.asarray(KJ, dtype=float))[-1])
         numerator = math.sqrt(max(float(eval_M[-1]), 0.0))
@@ -241,8 +246,8 @@ def kernel_inclusion(
         residual=float(residual),
         tolerance=float(tolerance),
         dim_intersection=int(k),
-        basis=jnp.asarray(V.astype(dtype)),
-        worst_direction=jnp.asarray(worst.astype(dtype)),
+        basis=jax.device_put(V.astype(dtype)),
+        worst_direction=jax.device_put(worst.astype(dtype)),
         num_params=D,
         rank_jacobian=int(rank_J),
         gap=float(gap),

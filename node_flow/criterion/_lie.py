@@ -8,11 +8,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._problem import FlatLifting, jacobian, make_problem, Problem
+from ._problem import FlatLifting, jacobian, make_problem, numpy_rng, Problem
 from ._rank import cut, default_min_gap, default_rtol, gap_of
 
 
@@ -88,8 +87,9 @@ def _candidates(
     f: FlatLifting, x: Float[Array, " D"], coeffs: Float[Array, "batch depth d"]
 ) -> tuple[Float[Array, "batch D"], Float[Array, " batch"]]:
     r"""Right-nested brackets $[X_{a_1}, [X_{a_2}, \dots [X_{a_{k-1}}, X_{a_k}]]](x)$ for a
-    batch of coefficient tuples, with the scale $\|\partial Y X\| + \|\partial X Y\|$ of the
-    two terms of the outer bracket (the size of the rounding error of their difference)."""
+    batch of coefficient tuples $a_i \in \mathbb{R}^d$, with the scale
+    $\|\partial Y X\| + \|\partial X Y\|$ of the two terms of the outer bracket (the size of
+    the rounding error of their difference)."""
 
     def one(a):
         k = a.shape[0]
@@ -117,25 +117,26 @@ def trace_problem(
     rtol: float,
     min_gap: float,
     batch_size: int,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None,
 ) -> LieTrace:
     """[`lie_trace`][] on a validated problem whose Jacobian `J` is already computed."""
     start = time.perf_counter()
-    D, d = problem.num_params, problem.num_outputs
+    D = problem.num_params
     _, s, Vt = np.linalg.svd(J, full_matrices=False)
     smax = float(s[0]) if s.size else 0.0
-    rank, gap, _, _ = cut(s, rtol * smax) if smax > 0 else (0, math.inf, 0.0, 0.0)
+    rank, gap, _, _ = cut(s, rtol * smax) if smax > 0 else (0, math.inf, math.inf, 0.0)
     Q = np.array(Vt[:rank].T, dtype=float)
     dims, gaps = [rank], [gap]
     num_brackets, converged = 0, rank == D
     batch = min(batch_size, D + 1)
+    rng = numpy_rng(key, 0)
     depth = 1
     while not converged and depth < max_depth and rank > 0:
         depth += 1
         lo, hi, added = math.inf, 0.0, 0
         while Q.shape[1] < D:
-            key, subkey = jr.split(key)
-            coeffs = jr.normal(subkey, (batch, depth, d), dtype=problem.x.dtype)
+            coeffs = rng.standard_normal((batch, depth, problem.num_outputs))
+            coeffs = jax.device_put(coeffs.astype(problem.x.dtype))
             values, scales = _candidates(problem.f, problem.x, coeffs)
             values, scales = np.asarray(values, dtype=float), np.asarray(scales, dtype=float)
             num_brackets += batch
@@ -152,19 +153,17 @@ def trace_problem(
             if new < sv.size:
                 hi = max(hi, dropped_max)
                 break
-        lo = rtol if math.isinf(lo) else lo
-        hi = rtol if hi == 0.0 and Q.shape[1] == D else hi
-        gaps.append(gap_of(lo, hi))
+        gaps.append(gap_of(lo, hi, rtol))
         dims.append(Q.shape[1])
         converged = added == 0 or Q.shape[1] == D
     dtype = problem.x.dtype
-    gaps_arr = jnp.asarray(np.asarray(gaps), dtype=dtype)
+    gaps_arr = jax.device_put(np.asarray(gaps, dtype=dtype))
     return LieTrace(
         dim=int(Q.shape[1]),
         num_params=D,
         num_conservation_laws=D - int(Q.shape[1]),
         rank_jacobian=dims[0],
-        basis=jnp.asarray(Q.astype(dtype)),
+        basis=jax.device_put(Q.astype(dtype)),
         dims=tuple(dims),
         gaps=gaps_arr,
         decided=bool(np.all(np.asarray(gaps) >= min_gap)),
@@ -219,7 +218,7 @@ def lie_trace(
     - `min_gap`: smallest singular-value gap for a rank decision to count as clear.
       Default $\varepsilon^{-1/4}$.
     - `batch_size`: brackets evaluated per vmapped batch.
-    - `key`: a `jax.random` key for the generic combinations (default `jr.key(0)`).
+    - `key`: a `jax.random` key for the generic combinations (default: a fixed seed).
 
     **Returns:** a [`node_flow.criterion.LieTrace`][]. Check `.decided` and `.converged`
     before trusting `.dim`; [`node_flow.criterion.num_conservation_laws`][] raises when either
@@ -229,7 +228,6 @@ def lie_trace(
     _check_options(name, max_depth, batch_size)
     problem = make_problem(phi, theta, name)
     dtype = problem.x.dtype
-    key = jr.key(0) if key is None else key
     J = np.asarray(jacobian(problem.f, problem.x), dtype=float)
     return trace_problem(
         problem,

@@ -80,7 +80,7 @@ def _check_leaves(theta: PyTree, name: str) -> list:
                 f"{name}: θ leaf {where} is a {type(leaf).__name__}, not an array; "
                 "θ must be a pytree of floating arrays."
             )
-        leaf = jnp.asarray(leaf)
+        leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
         dtypes.add(leaf.dtype)
         arrays.append(leaf)
     if len(dtypes) > 1:
@@ -89,7 +89,7 @@ def _check_leaves(theta: PyTree, name: str) -> list:
             "one dtype (float64 recommended) so rank decisions use one precision."
         )
     for path_leaf, a in zip(leaves_with_path, arrays):
-        if not bool(jnp.all(jnp.isfinite(a))):
+        if not np.all(np.isfinite(np.asarray(a))):
             where = jax.tree_util.keystr(path_leaf[0]) or "<root>"
             raise ValueError(f"{name}: θ leaf {where} holds NaN or inf.")
     return arrays
@@ -127,6 +127,7 @@ class Problem(eqx.Module):
     x: Float[Array, " D"]
     num_params: int = eqx.field(static=True)
     num_outputs: int = eqx.field(static=True)
+    theta: PyTree = None
     static: Any = None
 
     def flat(self, fn: Callable, name: str, what: str) -> tuple[FlatLifting, int]:
@@ -136,8 +137,7 @@ class Problem(eqx.Module):
         if self.static is not None:
             fn = _ModuleCall(fn, self.static)
         g = FlatLifting(fn, self.f.treedef, self.f.shapes)
-        theta = self.f.unravel(self.x)
-        return g, _check_output(fn, theta, name, what)
+        return g, _check_output(fn, self.theta, name, what)
 
 
 def make_problem(phi: Callable | None, theta: PyTree, name: str) -> Problem:
@@ -163,9 +163,17 @@ def make_problem(phi: Callable | None, theta: PyTree, name: str) -> Problem:
     theta = jax.tree.unflatten(treedef, arrays)
     num_outputs = _check_output(phi, theta, name, "phi")
     shapes = tuple(tuple(a.shape) for a in arrays)
-    x = jnp.concatenate([jnp.ravel(a) for a in arrays])
+    x = jax.device_put(np.concatenate([np.ravel(np.asarray(a)) for a in arrays]))
     f = FlatLifting(phi, treedef, shapes)
-    return Problem(f, x, int(x.shape[0]), num_outputs, static)
+    return Problem(f, x, int(x.shape[0]), num_outputs, theta, static)
+
+
+def numpy_rng(key: Any, stream: int) -> np.random.Generator:
+    """A numpy generator seeded by a `jax.random` key (`None`: seed 0) and a stream number:
+    random coefficients are drawn on the host (no compiled threefry kernel per shape), yet
+    reproducibly from the user's key."""
+    seed = [0] if key is None else np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return np.random.default_rng([*seed, stream])
 
 
 @eqx.filter_jit

@@ -12,7 +12,7 @@ from ._common import check_widths, orthonormal, psd_sqrt, spectrum
 
 
 def balanced(
-    key: PRNGKeyArray, widths: Sequence[int], scale: float = 1.0, *, dtype=None
+    key: PRNGKeyArray, widths: Sequence[int], scale: float | int = 1.0, *, dtype=None
 ) -> LinearNetwork:
     r"""An exactly balanced deep linear network: $C_j = U_{j+1}^\top U_{j+1} - U_j U_j^\top = 0$.
 
@@ -45,8 +45,8 @@ def _check_lambdas(lambdas, depth) -> np.ndarray:
 def relaxed_balanced(
     key: PRNGKeyArray,
     widths: Sequence[int],
-    lambdas: ArrayLike,
-    scale: float = 1.0,
+    lambdas: ArrayLike | Sequence[float],
+    scale: float | int = 1.0,
     *,
     dtype=None,
 ) -> LinearNetwork:

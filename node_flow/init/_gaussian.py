@@ -11,7 +11,7 @@ from ._common import check_widths
 
 
 def gaussian(
-    key: PRNGKeyArray, widths: Sequence[int], std: float | None = None, *, dtype=None
+    key: PRNGKeyArray, widths: Sequence[int], std: float | int | None = None, *, dtype=None
 ) -> LinearNetwork:
     r"""A deep linear network with i.i.d. Gaussian factors $U_j \sim \mathcal N(0, \sigma_j^2)$.
 

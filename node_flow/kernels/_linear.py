@@ -1,5 +1,7 @@
 """Intrinsic kernels of deep linear networks (THEORY §2)."""
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
@@ -64,7 +66,7 @@ def _kernel(z, G, a_of_s2, c):
 
 
 def relaxed_balanced(
-    z: Float[ArrayLike, "n n"], G: Float[ArrayLike, "n n"], lambdas: Float[ArrayLike, " L-1"]
+    z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."], lambdas: ArrayLike | Sequence[float]
 ) -> Float[Array, "n n"]:
     r"""The intrinsic kernel $K_L(z)[G]$ of a relaxed balanced deep linear network.
 
@@ -92,7 +94,7 @@ def relaxed_balanced(
 
 
 def balanced(
-    z: Float[ArrayLike, "n n"], G: Float[ArrayLike, "n n"], depth: int
+    z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."], depth: int
 ) -> Float[Array, "n n"]:
     r"""The intrinsic kernel of a balanced depth-$L$ linear network (Arora et al. 2018):
 

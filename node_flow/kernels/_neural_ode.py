@@ -30,7 +30,7 @@ def log_mean_weights(s2: Float[Array, " n"]) -> Float[Array, "n n"]:
     return jnp.exp(0.5 * (u[:, None] + u[None, :])) * _sinhc(0.5 * (u[:, None] - u[None, :]))
 
 
-def neural_ode(z: Float[ArrayLike, "n n"], G: Float[ArrayLike, "n n"]) -> Float[Array, "n n"]:
+def neural_ode(z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."]) -> Float[Array, "n n"]:
     r"""The intrinsic kernel $K_\infty(z)[G]$ of the relaxed balanced linear neural ODE.
 
     $$K_\infty(z)[G] = \int_0^1 (zz^\top)^{1-s}\, G\, (z^\top z)^{s}\, ds

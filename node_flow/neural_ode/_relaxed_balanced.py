@@ -103,7 +103,7 @@ class RelaxedBalancedWeights(eqx.Module):
         nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
-    def lambdas(self, L: int) -> Float[Array, " L-1"]:
+    def lambdas(self, L: int) -> Float[Array, " laws"]:
         r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of the depth-$L$ network."""
         s = jnp.arange(1, L, dtype=self.K.dtype) / L
         return jax.vmap(self.lam)(s) / L**2

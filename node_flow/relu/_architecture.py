@@ -141,7 +141,14 @@ class Architecture:
                 if indeg[w] == 0:
                     order.append(w)
         if len(order) < num_neurons:
-            cyclic = sorted(v for v in range(num_neurons) if indeg[v] > 0)
+            # Left over: the cycles and what hangs below them; prune the latter.
+            cyclic = {v for v in range(num_neurons) if indeg[v] > 0}
+            pruned = True
+            while pruned:
+                dead = {v for v in cyclic if all(edges[e][1] not in cyclic for e in out_edges[v])}
+                pruned = bool(dead)
+                cyclic -= dead
+            cyclic = sorted(cyclic)
             raise ValueError(f"Architecture: the edges contain a cycle through neurons {cyclic}.")
         outputs = set(self.outputs)
         # Which neurons reach an output, and which are reached from a start.

@@ -1,5 +1,6 @@
 """The path-lifting of a ReLU network, its Jacobian and the metric $M(\theta)$."""
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
@@ -20,6 +21,7 @@ def _padded(theta: Float[Array, " edges"], arch: Architecture) -> Float[Array, "
     return padded[arch.path_edges]
 
 
+@eqx.filter_jit
 def path_products(theta: Float[Array, " edges"], arch: Architecture) -> Float[Array, " paths"]:
     r"""The path-lifting $z_p = \prod_{e \in p} \theta_e$, one entry per path of `arch`
     (in the order of [`node_flow.relu.Architecture`][]).
@@ -32,6 +34,7 @@ def path_products(theta: Float[Array, " edges"], arch: Architecture) -> Float[Ar
     return jnp.prod(_padded(theta, arch), axis=1)
 
 
+@eqx.filter_jit
 def path_jacobian(theta: Float[Array, " edges"], arch: Architecture) -> Float[Array, "paths edges"]:
     r"""The Jacobian $J = \partial\varphi(\theta)$ of the path-lifting, explicitly:
 
@@ -53,6 +56,7 @@ def path_jacobian(theta: Float[Array, " edges"], arch: Architecture) -> Float[Ar
     return J.at[rows, arch.path_edges].set(leave_one_out)[:, :-1]
 
 
+@eqx.filter_jit
 def path_metric(theta: Float[Array, " edges"], arch: Architecture) -> Float[Array, "paths paths"]:
     r"""$M(\theta) = \partial\varphi\,\partial\varphi^\top$ for the path-lifting (THEORY §4):
 
@@ -67,6 +71,7 @@ def path_metric(theta: Float[Array, " edges"], arch: Architecture) -> Float[Arra
     return J @ J.T
 
 
+@eqx.filter_jit
 def squared_weight_laws(
     theta_sq: Float[Array, " edges"], arch: Architecture
 ) -> Float[Array, " hidden"]:
@@ -85,6 +90,7 @@ def path_activity(
     return jnp.all(padded[..., arch.path_hidden], axis=-1)
 
 
+@eqx.filter_jit
 def path_features(
     X: Float[Array, "samples inputs"], active: Bool[Array, "samples hidden"], arch: Architecture
 ) -> Float[Array, "samples paths"]:

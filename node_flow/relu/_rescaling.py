@@ -127,6 +127,24 @@ def _newton(theta_sq, h0, arch: Architecture, rtol, max_steps):
     )
 
 
+def _signed_jacobian(z, theta_sq, arch: Architecture):
+    r"""$\tilde J_{pe} = [e \in p]\, \mathrm{sign}(z_p) \prod_{f \in p \setminus e} |\theta_f|$,
+    so that $\tilde J \tilde J^\top = \sum_{e \in p \cap q} z_p z_q / \theta_e^2$
+    on the image of $\varphi$.
+
+    The leave-one-out products are sums of $\log|\theta_f|$ over the *other* edges: no
+    division by $\theta_e^2$, so the kernel stays accurate when a weight crosses zero (then
+    $\theta_e^2$, recovered from the tiny $z_p$ through $e$, has a large relative error, but it
+    does not enter the terms $z_p z_q / \theta_e^2$)."""
+    log_abs = 0.5 * jnp.log(theta_sq)
+    padded = jnp.concatenate([log_abs, jnp.zeros((1,), dtype=log_abs.dtype)])[arch.path_edges]
+    others = jnp.sum(padded, axis=1, keepdims=True) - padded
+    rows = jnp.arange(padded.shape[0])[:, None]
+    J = jnp.zeros((padded.shape[0], arch.num_edges + 1), dtype=z.dtype)
+    J = J.at[rows, arch.path_edges].set(jnp.exp(others))[:, :-1]
+    return jnp.sign(z)[:, None] * J
+
+
 @eqx.filter_jit
 def _recover(z, h0, arch, rtol, max_steps, lifting_rtol):
     w = _representative_log_weights(z, arch, lifting_rtol)
@@ -196,8 +214,13 @@ def intrinsic_kernel(
     r"""The intrinsic kernel $K(z, h_0)$, a $d \times d$ matrix with
     $K(\varphi(\theta), h(\theta)) = M(\theta)$ (THEORY §4):
 
-    $$K(z, h_0)_{pq} = \sum_{e \in p \cap q} \frac{z_p z_q}{\theta_e^2},\qquad
-    \theta^2 = \texttt{recover\_squares}(z, h_0).$$
+    $$K(z, h_0)_{pq} = \sum_{e \in p \cap q} \frac{z_p z_q}{\theta_e^2}
+    = \mathrm{sign}(z_p z_q) \sum_{e \in p \cap q} \prod_{f \in p \setminus e} |\theta_f|
+      \prod_{f \in q \setminus e} |\theta_f|,\qquad
+    \theta^2 = \texttt{recover\_squares}(z, h_0),$$
+
+    evaluated in the second form (logs of the other weights, no division by $\theta_e^2$),
+    which stays accurate when a weight crosses zero along a flow.
 
     Along a gradient flow started at $\theta_0$, $\dot z = -K(z, h(\theta_0)) \nabla\ell(z)$
     on every interval where the activation pattern is fixed. Options as in
@@ -207,17 +230,18 @@ def intrinsic_kernel(
     z, h0 = _check_inputs(fname, z, h0, arch)
     _check_determined(fname, z, arch)
     theta_sq = _recover(z, h0, arch, rtol, max_steps, lifting_rtol)
-    Zp = z[:, None] * jnp.asarray(arch.incidence, dtype=z.dtype)
-    return (Zp / theta_sq) @ Zp.T
+    J = _signed_jacobian(z, theta_sq, arch)
+    return J @ J.T
 
 
 class IntrinsicKernel(eqx.Module):
     r"""The intrinsic kernel as an operator, $(z, G) \mapsto K(z, h_0)\, G$, for
     [`node_flow.intrinsic_flow`][]:
 
-    $$K(z, h_0) G = z \circ P\big(\theta^{-2} \circ P^\top (z \circ G)\big),$$
+    $$K(z, h_0) G = \tilde J (\tilde J^\top G), \qquad \tilde J_{pe} = [e \in p]\,
+      \mathrm{sign}(z_p) \prod_{f \in p \setminus e} |\theta_f|,$$
 
-    with $P$ the path–edge incidence matrix and $\theta^2$ from
+    with $\theta^2$ from
     [`node_flow.relu.recover_squares`][] (no $d \times d$ matrix is formed). An
     `eqx.Module`, so a new $h_0$ does not trigger recompilation.
 
@@ -238,8 +262,8 @@ class IntrinsicKernel(eqx.Module):
     ) -> Float[Array, " paths"]:
         z, h0 = _check_inputs("IntrinsicKernel", z, self.h0, self.arch)
         theta_sq = _recover(z, h0, self.arch, self.rtol, self.max_steps, self.lifting_rtol)
-        P = jnp.asarray(self.arch.incidence, dtype=z.dtype)
-        return z * (P @ ((P.T @ (z * G)) / theta_sq))
+        J = _signed_jacobian(z, theta_sq, self.arch)
+        return J @ (J.T @ G)
 
 
 def two_layer_squares(

@@ -147,6 +147,13 @@ class TrainingSolution(eqx.Module):
         return self.boundaries[1:-1]
 
 
+def _disabled(event):
+    """The same event with every entry offset to +inf: it never fires."""
+    if event is None:
+        return None
+    return eqx.tree_at(lambda e: e.offsets, event, jnp.full_like(event.offsets, jnp.inf))
+
+
 def _event_for(net, X, previous, margin):
     """The event of the next interval; `previous` is the event of the one that just ended."""
     pre = jax.vmap(net.pre_activations)(X)
@@ -188,7 +195,8 @@ def train(
        ([`node_flow.relu.PatternChange`][], a root-found diffrax event) or $t_1$;
     2. it is solved again from $t_k$ to the event time $t_{k+1}$ with `saves` evenly spaced
        save times, which also gives $\theta(t_{k+1})$ to restart from with the new pattern
-       (the neurons that crossed zero flip);
+       (the entries that crossed zero flip). The event is kept but disabled (offsets
+       $+\infty$), so both solves share one compilation;
     3. with `intrinsic=True`, the intrinsic flow $\dot z = -K(z, h(\theta_0))\nabla\ell_k(z)$
        ([`node_flow.relu.IntrinsicKernel`][]) runs over the same interval with
        [`node_flow.intrinsic_flow`][], continued from its own state at $t_k$. The
@@ -203,6 +211,12 @@ def train(
     - `margin`: relative margin of the event at a crossing just handled (see
       [`node_flow.relu.PatternChange`][]); an interval shorter than `margin · t1` means the
       pattern chatters (a sliding, non-transversal crossing) and training stops there.
+
+    **Caveat.** If all the out-weights (or in-weights) of a hidden neuron pass through zero
+    together (generic when it has a single out-edge, e.g. a last hidden layer feeding one
+    output), all its paths vanish at that instant, $z$ does not determine $\theta^2$ there,
+    and the intrinsic flow in $z$ loses accuracy near it (errors of order solver noise
+    divided by the vanishing weight). The parameter flow is unaffected.
 
     **Returns:** a [`node_flow.relu.TrainingSolution`][].
     """
@@ -224,11 +238,13 @@ def train(
         else:
             pattern = jnp.zeros((X.shape[0], 0), dtype=bool)
         loss = pattern_loss(net, X, Y, pattern)
-        probe = gradient_flow(net, loss, t1, t0=t, event=event, **options)
+        # Same save-grid shape and event structure in both solves: one compilation.
+        grid = jnp.linspace(t, t1, saves)
+        probe = gradient_flow(net, loss, t1, t0=t, ts=grid, event=event, **options)
         t_end = float(probe.t_final)
         switched = bool(probe.result == RESULTS.event_occurred)
         ts = jnp.linspace(t, t_end, saves)
-        sol = gradient_flow(net, loss, t_end, t0=t, ts=ts, **options)
+        sol = gradient_flow(net, loss, t_end, t0=t, ts=ts, event=_disabled(event), **options)
         row = dict(
             t0=t,
             t1=t_end,

@@ -1,0 +1,107 @@
+"""Deep linear networks, their conservation laws and initializations (THEORY §2)."""
+
+import functools as ft
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import node_flow as nf
+
+from .helpers import max_abs
+
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 7, 16, 33])
+def test_lift_is_the_ordered_product(depth):
+    """The log-depth product equals the sequential product U_L ⋯ U_1 (rounding only)."""
+    net = nf.init.gaussian(jax.random.key(depth), (4,) * (depth + 1))
+    expected = ft.reduce(lambda z, U: U @ z, net.weights)
+    assert max_abs(net.lift() - expected) <= 1e-13 * (1 + max_abs(expected))
+
+
+def test_lift_rectangular_and_attributes():
+    net = nf.init.gaussian(KEY, (5, 3, 4, 2))
+    assert net.depth == 3 and net.widths == (5, 3, 4, 2)
+    U1, U2, U3 = net.weights
+    assert net.lift().shape == (2, 5)
+    assert max_abs(net.lift() - U3 @ U2 @ U1) < 1e-14
+
+
+def test_conservation_laws_match_definition():
+    net = nf.init.gaussian(KEY, (3, 4, 2))
+    (C,) = nf.conservation_laws(net)
+    U1, U2 = net.weights
+    assert C.shape == (4, 4)
+    assert max_abs(C - (U2.T @ U2 - U1 @ U1.T)) == 0.0
+
+
+@pytest.mark.parametrize("widths", [(3, 3), (4, 4, 4), (2, 5, 3, 6), (6, 2, 2, 5, 1)])
+def test_balanced_init_is_exactly_balanced(widths):
+    net = nf.init.balanced(KEY, widths, scale=1.3)
+    for C in nf.conservation_laws(net):
+        assert max_abs(C) <= 1e-14 * 10
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5, 8])
+@pytest.mark.parametrize("n", [1, 3, 6])
+def test_relaxed_balanced_init_square_any_depth(depth, n):
+    """C_j = λ_j I to float64 rounding, for mixed-sign λ (even strongly negative sums)."""
+    lam = jax.random.uniform(jax.random.key(depth * n), (depth - 1,), minval=-1.0, maxval=1.0)
+    net = nf.init.relaxed_balanced(KEY, (n,) * (depth + 1), lam)
+    for C, l in zip(nf.conservation_laws(net), lam):
+        # entries are O(|U|²) ≲ 10; rounding of a few products: ≤ 1e-13
+        assert max_abs(C - l * jnp.eye(n)) <= 1e-13
+
+
+@pytest.mark.parametrize(
+    "widths, lam", [((2, 3, 5), 0.7), ((5, 3, 2), -0.4), ((4, 2, 3), 0.3), ((4, 2, 3), -1.2)]
+)
+def test_relaxed_balanced_init_two_layer_rectangular(widths, lam):
+    net = nf.init.relaxed_balanced(KEY, widths, [lam])
+    (C,) = nf.conservation_laws(net)
+    assert max_abs(C - lam * jnp.eye(widths[1])) <= 1e-13
+
+
+def test_relaxed_balanced_infeasible_rectangular_names_the_condition():
+    with pytest.raises(ValueError, match=r"output width n_2 = 2 ≥ the hidden width n_1 = 3"):
+        nf.init.relaxed_balanced(KEY, (4, 3, 2), [0.5])
+    with pytest.raises(ValueError, match=r"input width n_0 = 2 ≥ the hidden width n_1 = 3"):
+        nf.init.relaxed_balanced(KEY, (2, 3, 4), [-0.5])
+    with pytest.raises(ValueError, match="unsupported configuration"):
+        nf.init.relaxed_balanced(KEY, (2, 3, 3, 2), [0.5, 0.1])
+    with pytest.raises(ValueError, match="one λ_j per conservation law"):
+        nf.init.relaxed_balanced(KEY, (3, 3, 3, 3), [0.5])
+    with pytest.raises(ValueError, match="finite"):
+        nf.init.relaxed_balanced(KEY, (3, 3, 3, 3), [0.5, np.nan])
+
+
+def test_linear_network_bad_input_messages():
+    with pytest.raises(ValueError, match="mismatched widths: U_1 has 3 rows but U_2 has 4"):
+        nf.LinearNetwork((jnp.ones((3, 2)), jnp.ones((5, 4))))
+    with pytest.raises(ValueError, match="non-finite"):
+        nf.LinearNetwork((jnp.ones((2, 2)), jnp.full((2, 2), jnp.nan)))
+    with pytest.raises(ValueError, match="must be a matrix"):
+        nf.LinearNetwork((jnp.ones((2, 2, 2)),))
+    with pytest.raises(TypeError, match="non-empty tuple"):
+        nf.LinearNetwork(())
+    with pytest.raises(TypeError, match="floating dtype"):
+        nf.LinearNetwork((jnp.ones((2, 2), dtype=jnp.int32),))
+    with pytest.raises(ValueError, match="at least two positive ints"):
+        nf.init.gaussian(KEY, (3,))
+
+
+def test_least_squares_value_gradient_and_shape_check():
+    X = jax.random.normal(jax.random.key(1), (3, 7))
+    Y = jax.random.normal(jax.random.key(2), (2, 7))
+    loss = nf.LeastSquares(X, Y)
+    z = jax.random.normal(jax.random.key(3), (2, 3))
+    assert abs(float(loss(z)) - float(np.sum((z @ X - Y) ** 2) / 14)) < 1e-13
+    assert max_abs(jax.grad(loss)(z) - (z @ X - Y) @ X.T / 7) < 1e-13
+    with pytest.raises(ValueError, match="z must have shape"):
+        loss(jnp.ones((3, 3)))
+    with pytest.raises(ValueError, match="same number of columns"):
+        nf.LeastSquares(jnp.ones((3, 4)), jnp.ones((2, 5)))
