@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit lint clean
+.PHONY: install test run linear depth-limit criterion relu lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ linear: install
 
 depth-limit: install
 	$(PY) experiments/depth_limit.py
+
+criterion: install
+	$(PY) experiments/criterion_table.py
+
+relu: install
+	$(PY) experiments/relu_intrinsic.py
 
 lint: install
 	$(VENV)/bin/ruff check node_flow experiments tests

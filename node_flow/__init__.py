@@ -4,7 +4,13 @@ Parameter-space flows, their conservation laws, the intrinsic flows of $z$, and 
 infinite-depth limit of linear networks, the linear neural ODE. See `THEORY.md`.
 """
 
-from . import init as init, kernels as kernels, neural_ode as neural_ode
+from . import (
+    criterion as criterion,
+    init as init,
+    kernels as kernels,
+    neural_ode as neural_ode,
+    relu as relu,
+)
 from ._conservation import conservation_laws as conservation_laws
 from ._flow import (
     FlowError as FlowError,

@@ -253,7 +253,7 @@ def _gradient_flow_impl(
 
 
 def gradient_flow(
-    model: eqx.Module,
+    model: Any,
     loss: Loss,
     t1: ScalarLike,
     *,

@@ -27,6 +27,21 @@ class AbstractLifting(eqx.Module):
         """
         return grads
 
+    def forward_mode(self) -> "AbstractLifting":
+        """The same model, with a `lift` that supports forward-mode autodiff (`jax.jvp`).
+
+        The default is the model itself. Models whose `lift` is a diffrax solve
+        differentiated in reverse mode return a copy that uses `diffrax.ForwardMode`.
+        """
+        return self
+
+
+def forward_mode(model: eqx.Module) -> eqx.Module:
+    """`model.forward_mode()` for node_flow models, the model itself for any other module."""
+    if isinstance(model, AbstractLifting):
+        return model.forward_mode()
+    return model
+
 
 def precondition(model: eqx.Module, grads: PyTree[Array]) -> PyTree[Array]:
     """`model.precondition(grads)` for node_flow models, the identity for any other module."""

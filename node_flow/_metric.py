@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._lifting import precondition
+from ._lifting import forward_mode, precondition
 
 
+@eqx.filter_jit
 def metric(model: eqx.Module, G: Array) -> Array:
     r"""Apply the metric of the lifted dynamics, $M(\theta)[G] = \partial\varphi(\theta)\,
     P^{-1} \partial\varphi(\theta)^\top [G]$, without forming the Jacobian.
@@ -24,7 +25,8 @@ def metric(model: eqx.Module, G: Array) -> Array:
     **Arguments:** `model`, any `eqx.Module` with a `.lift()` method; `G`, an array of the
     shape of `model.lift()`.
 
-    **Returns:** $M(\theta)[G]$, shaped like `G`.
+    **Returns:** $M(\theta)[G]$, shaped like `G`. Jit-compiled (once per model structure
+    and shape).
     """
     params, static = eqx.partition(model, eqx.is_inexact_array)
     lift = lambda p: eqx.combine(p, static).lift()
@@ -34,5 +36,10 @@ def metric(model: eqx.Module, G: Array) -> Array:
         raise ValueError(f"metric: G must have the shape of z {z.shape}; got {G.shape}.")
     (cotangent,) = vjp(G)
     direction = precondition(model, cotangent)
-    _, MG = jax.jvp(lift, (params,), (direction,))
+    # The jvp goes through the model's forward-mode twin (same arrays, other static
+    # options), so it is taken over the flat list of array leaves.
+    f_params, f_static = eqx.partition(forward_mode(model), eqx.is_inexact_array)
+    f_def = jax.tree.structure(f_params)
+    f_lift = lambda leaves: eqx.combine(jax.tree.unflatten(f_def, leaves), f_static).lift()
+    _, MG = jax.jvp(f_lift, (jax.tree.leaves(params),), (jax.tree.leaves(direction),))
     return MG

@@ -67,6 +67,8 @@ class LinearNeuralODE(AbstractLifting):
     - `interpolation`: `"linear"` (default) or `"constant"`.
     - `rtol`, `atol`: tolerances of the forward solve (default $10^{-10}$).
     - `max_steps`: of the forward solve (default `max(4096, 64 m)`).
+    - `forward_autodiff`: solve with `diffrax.ForwardMode` (supports `jax.jvp`, not
+      reverse mode); see `forward_mode()`.
     """
 
     A: Float[Array, "nodes n n"]
@@ -74,15 +76,17 @@ class LinearNeuralODE(AbstractLifting):
     rtol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    forward_autodiff: bool = eqx.field(static=True, default=False)
 
     def __init__(
         self,
-        A: Float[ArrayLike, "nodes n n"],
-        interpolation: Literal["linear", "constant"] = "linear",
+        A: Float[ArrayLike, "..."],
+        interpolation: str = "linear",
         *,
         rtol: float = 1e-10,
         atol: float = 1e-10,
         max_steps: int | None = None,
+        forward_autodiff: bool = False,
     ):
         A = jnp.asarray(A)
         if A.ndim != 3 or A.shape[1] != A.shape[2]:
@@ -108,6 +112,7 @@ class LinearNeuralODE(AbstractLifting):
         self.rtol, self.atol = float(rtol), float(atol)
         m = A.shape[0] - 1
         self.max_steps = int(max(4096, 64 * m) if max_steps is None else max_steps)
+        self.forward_autodiff = bool(forward_autodiff)
 
     @property
     def m(self) -> int:
@@ -146,7 +151,11 @@ class LinearNeuralODE(AbstractLifting):
             jnp.eye(self.n, dtype=dtype),
             args=self.A,
             stepsize_controller=controller,
-            adjoint=diffrax.RecursiveCheckpointAdjoint(),
+            adjoint=(
+                diffrax.ForwardMode()
+                if self.forward_autodiff
+                else diffrax.RecursiveCheckpointAdjoint()
+            ),
             max_steps=self.max_steps,
         )
         return sol.ys[-1]
@@ -154,6 +163,13 @@ class LinearNeuralODE(AbstractLifting):
     def lift(self) -> Float[Array, "n n"]:
         r"""$z = \Phi(1, 0)$."""
         return self.transition(0.0, 1.0)
+
+    def forward_mode(self) -> "LinearNeuralODE":
+        """A copy whose forward solve uses `diffrax.ForwardMode` (supports `jax.jvp`)."""
+        return LinearNeuralODE(
+            self.A, self.interpolation, rtol=self.rtol, atol=self.atol,
+            max_steps=self.max_steps, forward_autodiff=True,
+        )
 
     def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
         r"""Node-value gradient $\mapsto$ $L^2$ gradient: $g \mapsto \mathcal{M}^{-1} g$ with

@@ -259,7 +259,7 @@ def test_event_stops_the_flow():
     """A user event (loss below a threshold) stops the solve at the crossing time."""
     net = nf.init.balanced(jax.random.key(0), (2, 2, 2), scale=0.5)
     loss = _data(2)
-    threshold = 0.5 * float(loss(net.lift()))
+    threshold = 0.9 * float(loss(net.lift()))
     event = lambda t, model: loss(model.lift()) - threshold
     sol = nf.gradient_flow(net, loss, 50.0, event=event, **TOL)
     assert sol.result == nf.RESULTS.event_occurred

@@ -1,0 +1,254 @@
+"""The linear neural ODE, residual networks and their depth limit (THEORY §3, claim 4)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.linalg import expm
+from jax.tree_util import Partial
+
+import node_flow as nf
+
+from .helpers import fit_slope, max_abs, rel_err
+
+
+N = 3
+KEY = jax.random.key(42)
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def oscillating(s):
+    """λ(s) = 2 cos 2πs: ∫₀¹(1 − r)λ(r)dr = 0, so z0 is the same as for λ = 0."""
+    return 2.0 * jnp.cos(2 * jnp.pi * s)
+
+
+def _loss():
+    kx, ky = jax.random.split(jax.random.key(7))
+    return nf.LeastSquares(
+        jax.random.normal(kx, (N, 2 * N)) / (2 * N) ** 0.5, jax.random.normal(ky, (N, 2 * N))
+    )
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return nf.neural_ode.relaxed_balanced_weights(KEY, N, oscillating)
+
+
+def test_refine_leaves_the_lift_unchanged(weights):
+    for kind in ("linear", "constant"):
+        node = weights.grid(5, kind, rtol=1e-12, atol=1e-12)
+        fine = node.refine()
+        assert fine.m == 10 and fine.interpolation == kind
+        s = jnp.linspace(0.0, 0.999, 37)
+        assert max_abs(fine.at(s) - node.at(s)) <= 1e-14
+        # two independent adaptive solves of the same ODE at rtol = atol = 1e-12: global
+        # errors of O(steps · tol) ≈ 1e-11 each.
+        assert max_abs(fine.lift() - node.lift()) <= 1e-10
+
+
+def test_at_interpolates_the_node_values(weights):
+    node = weights.grid(4)
+    assert max_abs(node.at(node.nodes) - node.A) <= 1e-15
+    assert max_abs(node.at(0.125) - 0.5 * (node.A[0] + node.A[1])) <= 1e-15
+    const = weights.grid(4, "constant")
+    assert max_abs(const.at(0.2) - const.A[0]) == 0.0
+
+
+def test_constant_lift_is_the_product_of_cell_exponentials(weights):
+    """Piecewise-constant A: Φ(1, 0) = Π_i exp(h A_i) exactly (an independent formula)."""
+    node = weights.grid(6, "constant")
+    expected = jnp.eye(N)
+    for i in range(6):
+        expected = expm(node.A[i] / 6) @ expected
+    assert max_abs(node.lift() - expected) <= 1e-9
+
+
+def test_lift_converges_at_second_order_for_linear_interpolation(weights):
+    """|Φ_m(1, 0) − e^K e^{S0} e^{∫μ}| = O(h²) for the piecewise-linear interpolant."""
+    ms = [4, 8, 16, 32]
+    errs = [max_abs(weights.grid(m).lift() - weights.z0()) for m in ms]
+    slope, _ = fit_slope(ms, errs)
+    assert -2.2 <= slope <= -1.8
+
+
+def test_gradient_through_the_forward_solve_matches_finite_differences(weights):
+    """Reverse mode through diffrax vs central differences (step 1e-5: truncation 1e-10,
+    rounding of 1e-10-accurate solves / 1e-5 = 1e-5 relative at worst; bound 1e-5)."""
+    node = weights.grid(3)
+    G = jax.random.normal(jax.random.key(1), (N, N))
+    f = lambda A: jnp.sum(nf.LinearNeuralODE(A).lift() * G)
+    grad = jax.grad(f)(node.A)
+    direction = jax.random.normal(jax.random.key(2), node.A.shape)
+    eps = 1e-5
+    fd = (f(node.A + eps * direction) - f(node.A - eps * direction)) / (2 * eps)
+    assert abs(float(jnp.vdot(grad, direction)) - float(fd)) <= 1e-5 * abs(float(fd))
+
+
+def test_conservation_law_is_second_order_at_every_node(weights):
+    """Λ of the sampled relaxed balanced weights against the exact λ(s) I, at the interior
+    nodes and separately at the two ends (one-sided second-order differences)."""
+    ms = [8, 16, 32, 64]
+    interior, ends = [], []
+    for m in ms:
+        node = weights.grid(m)
+        err = jnp.abs(node.conservation_law() - oscillating(node.nodes)[:, None, None] * jnp.eye(N))
+        err = jnp.max(err, axis=(1, 2))
+        interior.append(float(jnp.max(err[1:-1])))
+        ends.append(max(float(err[0]), float(err[-1])))
+    for errs in (interior, ends):
+        slope, _ = fit_slope(ms, errs)
+        assert -2.3 <= slope <= -1.7
+
+
+def test_l2_flow_speed_does_not_change_under_refinement(weights):
+    """z'(0) = −M(A)[∇ℓ] for the same piecewise-linear function on grids of 4, 8, 16
+    cells: the L² gradient keeps the speed (ratio 1, not 2 as a Euclidean gradient of the
+    node values would give), and M(A_h) converges to the continuum K_∞ as the grid is
+    refined."""
+    loss = _loss()
+    coarse = weights.grid(4)
+    nodes = [coarse, coarse.refine(), coarse.refine().refine()]
+    G = jax.grad(loss)(coarse.lift())
+    speeds = [nf.metric(node, G) for node in nodes]
+    for a, b in zip(speeds, speeds[1:]):
+        ratio = float(jnp.linalg.norm(b) / jnp.linalg.norm(a))
+        assert abs(ratio - 1) <= 0.01
+    # and against the continuum kernel, for sampled (not refined) grids:
+    errs = []
+    for m in (4, 8, 16):
+        node = weights.grid(m)
+        z = node.lift()
+        g = jax.grad(loss)(z)
+        errs.append(rel_err(nf.metric(node, g), nf.kernels.neural_ode(z, g)))
+    # At least second order. (Measured: fourth, since both sides are evaluated at the same
+    # z_h the leading O(h²) defect of relaxed balancedness cancels.)
+    slope, _ = fit_slope([4, 8, 16], errs)
+    assert slope <= -1.8
+    assert errs[0] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def grid_flows(weights):
+    """Training flows of the sampled weight function on 4, 8, 16 cells, and the continuum
+    intrinsic flow from the exact z0 (T = 1, forward tolerance 1e-10)."""
+    loss = _loss()
+    ts = jnp.linspace(0.0, 1.0, 6)
+    flows = {m: nf.gradient_flow(weights.grid(m), loss, 1.0, ts=ts, rtol=1e-9, atol=1e-9)
+             for m in (4, 8, 16)}
+    limit = nf.intrinsic_flow(weights.z0(), loss, nf.kernels.neural_ode, 1.0, ts=ts, **TOL)
+    return flows, limit
+
+
+def test_neural_ode_training_converges_to_the_intrinsic_flow_at_second_order(grid_flows):
+    """Claim 4 on grids: max_t |z_m(t) − z_∞(t)| = O(h²) (piecewise-linear A)."""
+    flows, limit = grid_flows
+    ms = sorted(flows)
+    errs = [max_abs(flows[m].zs - limit.zs) for m in ms]
+    slope, _ = fit_slope(ms, errs)
+    assert -2.2 <= slope <= -1.8
+    assert max_abs(limit.zs[0] - limit.zs[-1]) > 0.1  # it trained
+
+
+def test_conservation_law_drift_decays_at_second_order(grid_flows):
+    """Λ(t) − Λ(0) at the nodes along the grid training flow → 0 like h², ends included."""
+    flows, _ = grid_flows
+    ms = sorted(flows)
+    inner, ends = [], []
+    for m in ms:
+        A = flows[m].models.A
+        first = nf.LinearNeuralODE(A[0]).conservation_law()
+        last = nf.LinearNeuralODE(A[-1]).conservation_law()
+        drift = jnp.max(jnp.abs(last - first), axis=(1, 2))
+        inner.append(float(jnp.max(drift[1:-1])))
+        ends.append(max(float(drift[0]), float(drift[-1])))
+    for errs in (inner, ends):
+        slope, _ = fit_slope(ms, errs)
+        assert -2.4 <= slope <= -1.6
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 64, 1000])
+@pytest.mark.parametrize("lam", [0.0, 1.5, oscillating])
+def test_relaxed_balanced_residual_is_exactly_relaxed_balanced(L, lam):
+    net = nf.neural_ode.relaxed_balanced_residual(KEY, N, lam, L)
+    W = nf.neural_ode.relaxed_balanced_weights(KEY, N, lam)
+    C = nf.conservation_laws(net)
+    assert C.shape == (L - 1, N, N)
+    if L > 1:  # entries O(1), rounding of a few 3×3 products: ≤ 1e-12
+        assert max_abs(C - W.lambdas(L)[:, None, None] * jnp.eye(N)) <= 1e-12
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.5, oscillating])
+def test_relaxed_balanced_residual_converges_to_the_weight_function(lam):
+    """A_k → A((k − ½)/L) and z_L → z0 at first order in 1/L."""
+    W = nf.neural_ode.relaxed_balanced_weights(KEY, N, lam)
+    Ls = [16, 32, 64, 128]
+    a_err, z_err = [], []
+    for L in Ls:
+        net = W.residual(L)
+        a_err.append(max_abs(net.A - W.at((jnp.arange(L, dtype=float) + 0.5) / L)))
+        z_err.append(max_abs(net.lift() - W.z0()))
+    assert -1.15 <= fit_slope(Ls, a_err)[0] <= -0.85
+    if lam != 0.0:  # for λ = 0 the product telescopes: z_L = z0 exactly
+        assert -1.15 <= fit_slope(Ls, z_err)[0] <= -0.85
+    else:
+        assert max(z_err) <= 1e-12
+
+
+def test_to_residual_converges_to_the_neural_ode(weights):
+    node = weights.grid(8)
+    Ls = [16, 32, 64, 128]
+    errs = [max_abs(node.to_residual(L).lift() - node.lift()) for L in Ls]
+    assert -1.15 <= fit_slope(Ls, errs)[0] <= -0.85
+
+
+def test_residual_flow_is_the_linear_flow_with_time_scale_one_over_L():
+    """The (1/L)Σ||A_k||² metric on A_k is the Euclidean flow of the factors U_k slowed by 1/L."""
+    net = nf.neural_ode.relaxed_balanced_residual(KEY, N, 0.7, 6)
+    loss = _loss()
+    a = nf.gradient_flow(net, loss, 1.0, **TOL)
+    b = nf.gradient_flow(net.to_linear(), loss, 1.0, time_scale=1 / 6, **TOL)
+    assert max_abs(a.zs - b.zs) <= 1e-8
+
+
+def test_residual_parameter_flow_matches_its_finite_depth_intrinsic_flow():
+    """z_L(t) from the parameter flow equals the flow of (1/L) K_L with λ_k = λ(k/L)/L²,
+    for three λ profiles batched by vmap (rtol = atol = 1e-10 ⇒ agreement ≤ 1e-7)."""
+    L = 24
+    profiles = [0.0, 1.5, oscillating]
+    W = [nf.neural_ode.relaxed_balanced_weights(KEY, N, lam) for lam in profiles]
+    nets = jax.tree.map(lambda *x: jnp.stack(x), *[w.residual(L) for w in W])
+    lams = jnp.stack([w.lambdas(L) for w in W])
+    loss = _loss()
+    ts = jnp.linspace(0.0, 1.0, 6)
+
+    def both(net, lam):
+        kernel = Partial(nf.kernels.relaxed_balanced, lambdas=lam)
+        p = nf.gradient_flow(net, loss, 1.0, ts=ts, **TOL)
+        i = nf.intrinsic_flow(net.lift(), loss, kernel, 1.0, ts=ts, time_scale=1 / L, **TOL)
+        return p.zs, i.zs
+
+    zp, zi = jax.vmap(both)(nets, lams)
+    assert max_abs(zp - zi) <= 1e-7 * (1 + max_abs(zp))
+
+
+def test_neural_ode_bad_inputs():
+    with pytest.raises(ValueError, match="square node values"):
+        nf.LinearNeuralODE(jnp.ones((3, 2, 3)))
+    with pytest.raises(ValueError, match="m ≥ 1"):
+        nf.LinearNeuralODE(jnp.ones((1, 2, 2)))
+    with pytest.raises(ValueError, match="non-finite"):
+        nf.LinearNeuralODE(jnp.full((3, 2, 2), jnp.nan))
+    with pytest.raises(ValueError, match="interpolation"):
+        nf.LinearNeuralODE(jnp.ones((3, 2, 2)), "cubic")
+    with pytest.raises(ValueError, match="m ≥ 2"):
+        nf.LinearNeuralODE(jnp.ones((2, 2, 2))).conservation_law()
+    with pytest.raises(ValueError, match="infeasible"):
+        nf.neural_ode.relaxed_balanced_residual(KEY, N, -40.0, 2)
+    with pytest.raises(ValueError, match="scalar"):
+        nf.neural_ode.relaxed_balanced(KEY, N, 8, lambda s: jnp.ones(2) * s)
+    with pytest.raises(ValueError, match="not finite"):
+        nf.neural_ode.relaxed_balanced(KEY, N, 8, lambda s: jnp.log(s - 0.5))
+    with pytest.raises(ValueError, match="m ≥ 1"):
+        nf.neural_ode.relaxed_balanced(KEY, N, 0)
+    with pytest.raises(ValueError, match="shape"):
+        nf.ResidualLinearNetwork(jnp.ones((3, 2, 3)))
