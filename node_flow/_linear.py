@@ -23,8 +23,9 @@ def check_finite(name: str, arrays) -> None:
 
 
 class LinearNetwork(AbstractLifting):
-    r"""A deep linear network $\theta = (U_1, \dots, U_L)$, $U_j \in \mathbb{R}^{n_j \times n_{j-1}}$,
-    with lifting the product $z = \varphi(\theta) = U_L \cdots U_1$.
+    r"""A deep linear network $\theta = (U_1, \dots, U_L)$,
+    $U_j \in \mathbb{R}^{n_j \times n_{j-1}}$, with lifting the product
+    $z = \varphi(\theta) = U_L \cdots U_1$.
 
     **Arguments:**
 

@@ -167,8 +167,12 @@ class LinearNeuralODE(AbstractLifting):
     def forward_mode(self) -> "LinearNeuralODE":
         """A copy whose forward solve uses `diffrax.ForwardMode` (supports `jax.jvp`)."""
         return LinearNeuralODE(
-            self.A, self.interpolation, rtol=self.rtol, atol=self.atol,
-            max_steps=self.max_steps, forward_autodiff=True,
+            self.A,
+            self.interpolation,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            forward_autodiff=True,
         )
 
     def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
@@ -202,7 +206,8 @@ class LinearNeuralODE(AbstractLifting):
         )
 
     def conservation_law(self) -> Float[Array, "nodes n n"]:
-        r"""$\Lambda(s_i) = \partial_s(A + A^\top)(s_i) + A^\top A(s_i) - A A^\top(s_i)$ at the nodes.
+        r"""The conservation law at the nodes,
+        $\Lambda(s_i) = \partial_s(A + A^\top)(s_i) + A^\top A(s_i) - A A^\top(s_i)$.
 
         $\partial_s$ by second-order finite differences at every node: centred inside,
         $(\mp 3 f_0 \pm 4 f_1 \mp f_2)/(2h)$ one-sided at the two ends. Needs $m \ge 2$.

@@ -51,7 +51,8 @@ class ResidualLinearNetwork(AbstractLifting):
         return chain_product(self.factors())
 
     def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
-        r"""$\partial L/\partial A_k \mapsto L\, \partial L/\partial A_k$ (metric $\frac1L\sum\|A_k\|^2$)."""
+        r"""$\partial L/\partial A_k \mapsto L\, \partial L/\partial A_k$
+        (the metric $\frac1L\sum_k\|A_k\|^2$)."""
         return jax.tree.map(lambda g: self.depth * g, grads)
 
     def to_linear(self) -> LinearNetwork:

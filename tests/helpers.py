@@ -19,7 +19,7 @@ def psd_power(P, p):
     P = np.asarray(P)
     w, V = np.linalg.eigh(0.5 * (P + P.T))
     w = np.clip(w, 0.0, None)
-    wp = np.where(w > 0, w ** p, 1.0 if p == 0 else 0.0)
+    wp = np.where(w > 0, w**p, 1.0 if p == 0 else 0.0)
     return (V * wp) @ V.T
 
 
@@ -46,9 +46,7 @@ def neural_ode_kernel_quadrature(z, G, points=200):
     z, G = np.asarray(z), np.asarray(G)
     x, w = np.polynomial.legendre.leggauss(points)
     s, w = (x + 1) / 2, w / 2
-    return sum(
-        wi * psd_power(z @ z.T, 1 - si) @ G @ psd_power(z.T @ z, si) for si, wi in zip(s, w)
-    )
+    return sum(wi * psd_power(z @ z.T, 1 - si) @ G @ psd_power(z.T @ z, si) for si, wi in zip(s, w))
 
 
 def saxe_mode(t, s, u0):

@@ -1,6 +1,5 @@
 """Gradient flows and intrinsic flows of deep linear networks (THEORY §1–2, claims 1–2)."""
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -81,7 +80,9 @@ def test_conservation_laws_are_constant_from_generic_starts(widths):
     rtol = atol = 1e-12, the drift is O(1e-11) relative, well inside the 1e-9 bound."""
     net = nf.init.gaussian(jax.random.key(sum(widths)), widths, std=0.7)
     loss = _data(widths[0])
-    loss = nf.LeastSquares(loss.X, jax.random.normal(jax.random.key(5), (widths[-1], loss.X.shape[1])))
+    loss = nf.LeastSquares(
+        loss.X, jax.random.normal(jax.random.key(5), (widths[-1], loss.X.shape[1]))
+    )
     sol = nf.gradient_flow(net, loss, 5.0, ts=jnp.linspace(0, 5, 6), rtol=1e-12, atol=1e-12)
     assert float(sol.losses[-1]) < 0.9 * float(sol.losses[0])  # it trained
     C0 = nf.conservation_laws(net)
@@ -224,7 +225,7 @@ def test_finite_time_singularity_is_named():
     """ℓ(z) = −||z||⁴: θ ~ (t* − t)^(−1/6) blows up at a finite t* the solver cannot pass;
     reported as a collapsed step size, not as an opaque max_steps."""
     net = nf.init.gaussian(jax.random.key(0), (2, 2, 2))
-    loss = lambda z: -jnp.sum(z**2) ** 2
+    loss = lambda z: -(jnp.sum(z**2) ** 2)
     with pytest.raises(nf.FlowError, match="blew up|finite-time singularity"):
         nf.gradient_flow(net, loss, 100.0)
 
@@ -266,5 +267,3 @@ def test_event_stops_the_flow():
     t_event = float(sol.t_final)
     check = nf.gradient_flow(net, loss, t_event, **TOL)
     assert abs(float(check.losses[-1]) - threshold) <= 1e-7
-
-

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.scipy.linalg import expm
 from jax.tree_util import Partial
@@ -133,8 +132,10 @@ def grid_flows(weights):
     intrinsic flow from the exact z0 (T = 1, forward tolerance 1e-10)."""
     loss = _loss()
     ts = jnp.linspace(0.0, 1.0, 6)
-    flows = {m: nf.gradient_flow(weights.grid(m), loss, 1.0, ts=ts, rtol=1e-9, atol=1e-9)
-             for m in (4, 8, 16)}
+    flows = {
+        m: nf.gradient_flow(weights.grid(m), loss, 1.0, ts=ts, rtol=1e-9, atol=1e-9)
+        for m in (4, 8, 16)
+    }
     limit = nf.intrinsic_flow(weights.z0(), loss, nf.kernels.neural_ode, 1.0, ts=ts, **TOL)
     return flows, limit
 

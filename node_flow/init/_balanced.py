@@ -58,7 +58,8 @@ def relaxed_balanced(
     \lambda_j I$ to rounding. Feasible for every λ: $a_k = (\text{scale}\cdot u_k)^2 +
     \max(0, -\min_j c_j)$ with $u_k \in [0.5, 1.5]$ keeps every $a_k + c_j > 0$.
 
-    **Two layers, rectangular** $(n_0, n_1, n_2)$, $C = U_2^\top U_2 - U_1 U_1^\top = \lambda I_{n_1}$:
+    **Two layers, rectangular** $(n_0, n_1, n_2)$,
+    $C = U_2^\top U_2 - U_1 U_1^\top = \lambda I_{n_1}$:
     for $\lambda > 0$, $U_2^\top U_2 = \lambda I + U_1 U_1^\top$ has full rank $n_1$, which
     needs $n_2 \ge n_1$; for $\lambda < 0$, symmetrically $n_0 \ge n_1$. Built as
     $U_2 = O (\lambda I + U_1 U_1^\top)^{1/2}$ (resp. $U_1 = (|\lambda| I + U_2^\top

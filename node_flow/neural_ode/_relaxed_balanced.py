@@ -104,7 +104,7 @@ class RelaxedBalancedWeights(eqx.Module):
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
     def lambdas(self, L: int) -> Float[Array, " laws"]:
-        r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of the depth-$L$ network."""
+        r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of depth $L$."""
         s = jnp.arange(1, L, dtype=self.K.dtype) / L
         return jax.vmap(self.lam)(s) / L**2
 
@@ -145,11 +145,17 @@ def relaxed_balanced_weights(
     *,
     scale: float = 0.5,
     skew: float = 0.5,
+    same_z0: bool = False,
     dtype=None,
 ) -> RelaxedBalancedWeights:
     r"""A random relaxed balanced weight function: $K$ skew and $S_0$ symmetric with
     Gaussian entries of size `skew / √n` and `scale / √n`. The same `key` gives the same
-    $K$, $S_0$ whatever `lam`."""
+    $K$, $S_0$ whatever `lam`.
+
+    With `same_z0=True`, $S_0$ is shifted to $S_0 - (\int_0^1\mu) I$, which leaves
+    $\Lambda = \lambda I$ unchanged (a constant multiple of $I$ commutes with everything)
+    and makes the lifting $z_0 = e^K e^{S_0}$ the same for every profile $\lambda(\cdot)$.
+    """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"relaxed_balanced: n must be an integer ≥ 1; got {n!r}.")
     dtype = dtype or jnp.result_type(float)
@@ -158,7 +164,11 @@ def relaxed_balanced_weights(
     C = jax.random.normal(kS, (n, n), dtype)
     K = skew * (B - B.T) / (2 * n) ** 0.5
     S0 = scale * (C + C.T) / (2 * n) ** 0.5
-    return RelaxedBalancedWeights(K, S0, lam)
+    weights = RelaxedBalancedWeights(K, S0, lam)
+    if same_z0:
+        shift = weights.double_integral() * jnp.eye(n, dtype=dtype)
+        weights = RelaxedBalancedWeights(K, S0 - shift, lam)
+    return weights
 
 
 def relaxed_balanced(
@@ -170,6 +180,7 @@ def relaxed_balanced(
     interpolation: str = "linear",
     scale: float = 0.5,
     skew: float = 0.5,
+    same_z0: bool = False,
     dtype=None,
     **kwargs,
 ) -> LinearNeuralODE:
@@ -178,10 +189,13 @@ def relaxed_balanced(
 
     **Arguments:** `key`; `n` (width); `m` (cells); `lam` (the profile $\lambda(s)$, a JAX
     scalar function or a constant); `interpolation`; `scale`, `skew` (sizes of $S_0$, $K$);
-    further keywords go to `LinearNeuralODE` (`rtol`, `atol`, `max_steps`). See
+    `same_z0` (shift $S_0$ so that $z_0$ does not depend on `lam`); further keywords go
+    to `LinearNeuralODE` (`rtol`, `atol`, `max_steps`). See
     [`node_flow.neural_ode.RelaxedBalancedWeights`][] for the exact $z_0$ and more.
     """
-    weights = relaxed_balanced_weights(key, n, lam, scale=scale, skew=skew, dtype=dtype)
+    weights = relaxed_balanced_weights(
+        key, n, lam, scale=scale, skew=skew, same_z0=same_z0, dtype=dtype
+    )
     return weights.grid(m, interpolation, **kwargs)
 
 
@@ -193,11 +207,14 @@ def relaxed_balanced_residual(
     *,
     scale: float = 0.5,
     skew: float = 0.5,
+    same_z0: bool = False,
     dtype=None,
 ) -> ResidualLinearNetwork:
     r"""A depth-`L` residual network that is **exactly** relaxed balanced,
     $C_k = \lambda(k/L)/L^2 \cdot I$, and converges (at first order) to the weight function
     that [`node_flow.neural_ode.relaxed_balanced`][] builds from the same `key`, `n`, `lam`.
     See [`node_flow.neural_ode.RelaxedBalancedWeights.residual`][]."""
-    weights = relaxed_balanced_weights(key, n, lam, scale=scale, skew=skew, dtype=dtype)
+    weights = relaxed_balanced_weights(
+        key, n, lam, scale=scale, skew=skew, same_z0=same_z0, dtype=dtype
+    )
     return weights.residual(L)
