@@ -7,9 +7,11 @@ from ._linear import LinearNetwork
 from ._residual import ResidualLinearNetwork
 
 
-def stacked_conservation_laws(U: Float[Array, "depth n n"]) -> Float[Array, "laws n n"]:
+def stacked_conservation_laws(
+    U: Float[Array, "*batch depth n n"],
+) -> Float[Array, "*batch laws n n"]:
     UT = jnp.swapaxes(U, -1, -2)
-    return UT[1:] @ U[1:] - U[:-1] @ UT[:-1]
+    return UT[..., 1:, :, :] @ U[..., 1:, :, :] - U[..., :-1, :, :] @ UT[..., :-1, :, :]
 
 
 def conservation_laws(net: LinearNetwork | ResidualLinearNetwork):
@@ -24,15 +26,15 @@ def conservation_laws(net: LinearNetwork | ResidualLinearNetwork):
     $L^2 C_k \to \Lambda(s)$ as $L \to \infty$).
 
     **Returns:** a tuple of $L - 1$ symmetric matrices for a `LinearNetwork`; an array of
-    shape `(L - 1, n, n)` for a `ResidualLinearNetwork`.
+    shape `(L - 1, n, n)` for a `ResidualLinearNetwork`. Leading batch axes (e.g. the time
+    axis of `FlowSolution.models`) are kept in front of the matrix axes.
     """
     if isinstance(net, ResidualLinearNetwork):
         return stacked_conservation_laws(net.factors())
     if isinstance(net, LinearNetwork):
-        if net.is_square:
-            return tuple(stacked_conservation_laws(jnp.stack(net.weights)))
         W = net.weights
-        return tuple(W[j + 1].T @ W[j + 1] - W[j] @ W[j].T for j in range(net.depth - 1))
+        T = lambda U: jnp.swapaxes(U, -1, -2)
+        return tuple(T(W[j + 1]) @ W[j + 1] - W[j] @ T(W[j]) for j in range(net.depth - 1))
     raise TypeError(
         "conservation_laws: expected a LinearNetwork or a ResidualLinearNetwork; "
         f"got {type(net).__name__}."

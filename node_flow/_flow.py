@@ -280,6 +280,14 @@ def gradient_flow(
     PID controller by default) is one jit-compiled function: calling again with new arrays
     of the same shapes reuses the compilation.
 
+    For a [`node_flow.LinearNeuralODE`][] this is the $L^2$ gradient flow
+    $\partial_t A = -\nabla_A L$ of its weight function (refining the grid does not change
+    the speed), and the gradient is taken by reverse mode *through the inner diffrax solve*
+    of the forward ODE with `diffrax.RecursiveCheckpointAdjoint` (discretize-then-optimize):
+    it is the exact gradient of the computed $z$, so the lifted flow obeys
+    $\dot z = -M\nabla\ell$ to solver tolerance, with memory logarithmic in the number of
+    inner steps; a backsolve adjoint would add its own integration error.
+
     **Arguments:**
 
     - `model`: any `eqx.Module` with a `.lift()` method.

@@ -68,15 +68,17 @@ class LinearNetwork(AbstractLifting):
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return (self.weights[0].shape[1],) + tuple(U.shape[0] for U in self.weights)
+        return (self.weights[0].shape[-1],) + tuple(U.shape[-2] for U in self.weights)
 
     @property
     def is_square(self) -> bool:
         """Whether all widths are equal (then the factors can be stacked)."""
         return len(set(self.widths)) == 1
 
-    def lift(self) -> Float[Array, "out inp"]:
-        r"""$z = U_L \cdots U_1$ (a log-depth batched product when widths are equal)."""
+    def lift(self) -> Float[Array, "*batch out inp"]:
+        r"""$z = U_L \cdots U_1$ (a log-depth batched product when widths are equal).
+
+        Leading batch axes (e.g. the time axis of `FlowSolution.models`) broadcast."""
         if self.is_square:
             return chain_product(jnp.stack(self.weights))
         return ft.reduce(lambda z, U: U @ z, self.weights[1:], self.weights[0])

@@ -36,19 +36,19 @@ class ResidualLinearNetwork(AbstractLifting):
 
     @property
     def depth(self) -> int:
-        return self.A.shape[0]
+        return self.A.shape[-3]
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return (self.A.shape[1],) * (self.depth + 1)
+        return (self.A.shape[-1],) * (self.depth + 1)
 
-    def factors(self) -> Float[Array, "depth n n"]:
+    def factors(self) -> Float[Array, "*batch depth n n"]:
         r"""The stacked factors $U_k = I + A_k / L$."""
-        return jnp.eye(self.A.shape[1], dtype=self.A.dtype) + self.A / self.depth
+        return jnp.eye(self.A.shape[-1], dtype=self.A.dtype) + self.A / self.depth
 
-    def lift(self) -> Float[Array, "n n"]:
-        r"""$z = U_L \cdots U_1$ (log-depth batched product)."""
-        return chain_product(self.factors())
+    def lift(self) -> Float[Array, "*batch n n"]:
+        r"""$z = U_L \cdots U_1$ (log-depth batched product; leading batch axes broadcast)."""
+        return chain_product(jnp.moveaxis(self.factors(), -3, 0))
 
     def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
         r"""$\partial L/\partial A_k \mapsto L\, \partial L/\partial A_k$
@@ -58,7 +58,7 @@ class ResidualLinearNetwork(AbstractLifting):
     def to_linear(self) -> LinearNetwork:
         """The same network as a [`node_flow.LinearNetwork`][] of its factors $U_k$
         (Euclidean metric on the $U_k$: train it with `time_scale = 1 / L` for the same flow)."""
-        return LinearNetwork(tuple(self.factors()))
+        return LinearNetwork(tuple(jnp.moveaxis(self.factors(), -3, 0)))
 
 
 def residual_from_factors(U: Float[Array, "depth n n"]) -> ResidualLinearNetwork:

@@ -105,3 +105,21 @@ def test_least_squares_value_gradient_and_shape_check():
         loss(jnp.ones((3, 3)))
     with pytest.raises(ValueError, match="same number of columns"):
         nf.LeastSquares(jnp.ones((3, 4)), jnp.ones((2, 5)))
+
+
+def test_lift_and_conservation_laws_broadcast_over_leading_axes():
+    """`FlowSolution.models` carries a time axis: lift and C_j act per time slice."""
+    nets = [nf.init.gaussian(jax.random.key(i), (3, 2, 4, 3)) for i in range(3)]
+    batched = jax.tree.map(lambda *x: jnp.stack(x), *nets)
+    for i, net in enumerate(nets):
+        assert max_abs(batched.lift()[i] - net.lift()) <= 1e-14
+        for a, b in zip(nf.conservation_laws(batched), nf.conservation_laws(net)):
+            assert max_abs(a[i] - b) <= 1e-14
+    res = [
+        nf.ResidualLinearNetwork(jax.random.normal(jax.random.key(i), (5, 3, 3))) for i in range(2)
+    ]
+    batched = jax.tree.map(lambda *x: jnp.stack(x), *res)
+    assert batched.depth == 5
+    for i, net in enumerate(res):
+        assert max_abs(batched.lift()[i] - net.lift()) <= 1e-13
+        assert max_abs(nf.conservation_laws(batched)[i] - nf.conservation_laws(net)) <= 1e-13

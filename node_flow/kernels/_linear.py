@@ -1,6 +1,8 @@
 """Intrinsic kernels of deep linear networks (THEORY §2)."""
 
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +96,7 @@ def relaxed_balanced(
 
 
 def balanced(
-    z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."], depth: int
+    z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."], depth: Any
 ) -> Float[Array, "n n"]:
     r"""The intrinsic kernel of a balanced depth-$L$ linear network (Arora et al. 2018):
 
@@ -106,7 +108,14 @@ def balanced(
     `depth` is a static Python int $\ge 1$.
     """
     z, G = check_square_pair("kernels.balanced", z, G)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"kernels.balanced: `depth` must be an integer ≥ 1; got {depth!r}.")
+    try:
+        depth = operator.index(depth)
+    except TypeError:
+        raise ValueError(
+            f"kernels.balanced: `depth` must be a static integer ≥ 1 (close over it under "
+            f"jit); got {depth!r}."
+        ) from None
+    if depth < 1:
+        raise ValueError(f"kernels.balanced: `depth` must be an integer ≥ 1; got {depth}.")
     c = jnp.zeros(depth, z.dtype)
     return _kernel(z, G, lambda s2: s2 ** (1.0 / depth), c)
