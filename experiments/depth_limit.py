@@ -68,7 +68,8 @@ def max_norm_over_time(a, b):
 
 def run_depth(L, weights, loss, ts, tol):
     """Parameter flow and finite-depth intrinsic flow of the depth-L networks of every
-    profile, batched over profiles with vmap (one compilation per L)."""
+    profile, swept over profiles with `nf.sweep` (vmap over every device; one compilation
+    per L)."""
     nets = stack([w.residual(L) for w in weights])
     lams = stack([w.lambdas(L) for w in weights])
     T = float(ts[-1])
@@ -83,7 +84,7 @@ def run_depth(L, weights, loss, ts, tol):
         scale = jnp.max(jnp.abs(U)) ** 2
         return param.zs, intr.zs, param.losses, drift, drift / scale, param.stats["num_steps"]
 
-    zp, zi, losses, drift, rel_drift, steps = jax.vmap(one)(nets, lams)
+    zp, zi, losses, drift, rel_drift, steps = nf.sweep(lambda c: one(*c), (nets, lams)).results
     return {
         "z_param": np.asarray(zp),
         "z_intrinsic": np.asarray(zi),
@@ -99,13 +100,13 @@ def run_limit(weights, loss, ts, tol):
     z0s = jnp.stack([w.z0() for w in weights])
     T = float(ts[-1])
     flow = lambda z0: nf.intrinsic_flow(z0, loss, nf.kernels.neural_ode, T, ts=ts, **tol)
-    sol = jax.vmap(flow)(z0s)
+    sol = nf.sweep(flow, z0s).results
     return {"z": np.asarray(sol.zs), "losses": np.asarray(sol.losses)}
 
 
 def run_grid(m, weights, loss, ts, tol):
     """The L² training flow of the weight functions sampled on m cells (piecewise linear),
-    batched over profiles; the conservation law Λ at the nodes before and after."""
+    swept over profiles; the conservation law Λ at the nodes before and after."""
     nodes = stack([w.grid(m) for w in weights])
     T = float(ts[-1])
 
@@ -116,7 +117,7 @@ def run_grid(m, weights, loss, ts, tol):
         drift = jnp.max(jnp.abs(lam1 - lam0), axis=(-2, -1))
         return sol.zs, sol.losses, jnp.max(drift[1:-1]), jnp.maximum(drift[0], drift[-1])
 
-    zs, losses, drift_inner, drift_ends = jax.vmap(one)(nodes)
+    zs, losses, drift_inner, drift_ends = nf.sweep(one, nodes).results
     return {
         "z": np.asarray(zs),
         "losses": np.asarray(losses),

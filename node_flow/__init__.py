@@ -24,6 +24,7 @@ from ._metric import metric as metric
 from ._neural_ode import LinearNeuralODE as LinearNeuralODE
 from ._residual import ResidualLinearNetwork as ResidualLinearNetwork
 from ._solution import FlowSolution as FlowSolution, RESULTS as RESULTS
+from ._sweep import sweep as sweep, SweepResult as SweepResult
 
 
 __version__ = "0.1.0"

@@ -44,7 +44,7 @@ class ResidualLinearNetwork(AbstractLifting):
 
     def factors(self) -> Float[Array, "*batch depth n n"]:
         r"""The stacked factors $U_k = I + A_k / L$."""
-        return jnp.eye(self.A.shape[-1], dtype=self.A.dtype) + self.A / self.depth
+        return _factors(self.A)
 
     def lift(self) -> Float[Array, "*batch n n"]:
         r"""$z = U_L \cdots U_1$ (log-depth batched product; leading batch axes broadcast)."""
@@ -59,6 +59,12 @@ class ResidualLinearNetwork(AbstractLifting):
         """The same network as a [`node_flow.LinearNetwork`][] of its factors $U_k$
         (Euclidean metric on the $U_k$: train it with `time_scale = 1 / L` for the same flow)."""
         return LinearNetwork(tuple(jnp.moveaxis(self.factors(), -3, 0)))
+
+
+@jax.jit
+def _factors(A: Float[Array, "*batch depth n n"]) -> Float[Array, "*batch depth n n"]:
+    # Jitted: re-tracing `lift` (each `eval_shape`, each solver stage) hits the cache.
+    return jnp.eye(A.shape[-1], dtype=A.dtype) + A / A.shape[-3]
 
 
 def residual_from_factors(U: Float[Array, "depth n n"]) -> ResidualLinearNetwork:

@@ -60,7 +60,9 @@ def fingerprint(
         "format": _FORMAT,
         "fn": function_name(fn),
         "grid_treedef": _stable(str(grid_treedef)),
-        "grid_leaves": [[str(x.dtype), list(x.shape), impl] for x, impl in zip(grid_leaves, key_impls)],
+        "grid_leaves": [
+            [str(x.dtype), list(x.shape), impl] for x, impl in zip(grid_leaves, key_impls)
+        ],
         "grid_hash": digest.hexdigest(),
         "num_configs": int(grid_leaves[0].shape[0]),
         "batch_size": int(batch_size),
@@ -133,7 +135,9 @@ class SweepStore:
     def done(self, num_batches: int) -> list[bool]:
         return [self.path(k).exists() for k in range(num_batches)]
 
-    def load(self, index: int, expected: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
+    def load(
+        self, index: int, expected: list[tuple[tuple[int, ...], np.dtype]]
+    ) -> list[np.ndarray]:
         path = self.path(index)
         with np.load(path, allow_pickle=False) as data:
             leaves = [data[f"leaf_{i:04d}"] for i in range(len(expected))]
