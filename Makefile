@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu lint clean
+.PHONY: install test run linear depth-limit criterion relu bench lint clean
 
 install: $(STAMP)
 
@@ -31,9 +31,15 @@ criterion: install
 relu: install
 	$(PY) experiments/relu_intrinsic.py
 
+# The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
+bench: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/sweep_bench.py --out results/bench
+
 lint: install
-	$(VENV)/bin/ruff check node_flow experiments tests
-	$(VENV)/bin/ruff format --check node_flow experiments tests
+	$(VENV)/bin/ruff check node_flow experiments tests benchmarks
+	$(VENV)/bin/ruff format --check node_flow experiments tests benchmarks
 
 clean:
 	rm -rf $(VENV) results .pytest_cache build dist *.egg-info

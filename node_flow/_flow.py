@@ -210,6 +210,10 @@ def _gradient_flow_impl(
     max_steps,
     progress_meter,
 ):
+    # Input checks at trace time: once per compilation, not on every call.
+    _check_scalar_loss(
+        "gradient_flow", loss, jax.eval_shape(lambda: eqx.combine(params, static).lift())
+    )
     y0, unravel = ravel_pytree(params)
     model_of = lambda y: eqx.combine(unravel(y), static)
 
@@ -314,7 +318,6 @@ def gradient_flow(
     if not jax.tree.leaves(params):
         raise ValueError(f"{fname}: `model` has no floating-point parameters to train.")
     check_finite(f"{fname}: the initial model", params)
-    _check_scalar_loss(fname, loss, jax.eval_shape(model.lift))
     ts = _times(fname, t0, t1, ts)
     t0, t1 = _as_float(t0), _as_float(t1)
     ts, zs, losses, t_final, stats, result, models = _gradient_flow_impl(
@@ -357,6 +360,15 @@ def _intrinsic_flow_impl(
     max_steps,
     progress_meter,
 ):
+    # Input checks at trace time: once per compilation, not on every call.
+    _check_scalar_loss("intrinsic_flow", loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
+    out = jax.eval_shape(kernel, z0, z0)
+    if getattr(out, "shape", None) != z0.shape:
+        raise ValueError(
+            f"intrinsic_flow: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
+
     def vector_field(t, z, args):
         return -time_scale * kernel(z, jax.grad(loss)(z))
 
@@ -424,13 +436,6 @@ def intrinsic_flow(
     check_finite(f"{fname}: z0", z0)
     if not callable(kernel):
         raise TypeError(f"{fname}: `kernel` must be a callable (z, G) ↦ K(z)[G].")
-    _check_scalar_loss(fname, loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
-    out = jax.eval_shape(kernel, z0, z0)
-    if getattr(out, "shape", None) != z0.shape:
-        raise ValueError(
-            f"{fname}: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
-            f"got {getattr(out, 'shape', type(out).__name__)}."
-        )
     ts = _times(fname, t0, t1, ts)
     t0, t1 = _as_float(t0), _as_float(t1)
     ts, (zs, losses), t_final, stats, result = _intrinsic_flow_impl(

@@ -1,0 +1,339 @@
+"""Side-by-side benchmark: node_flow against SciPy `solve_ivp` and torchdiffeq on the same
+deep-linear gradient flow, at equal accuracy, in one run (`make bench`).
+
+Every measurement runs in a fresh process (`_worker.py`), one after the other; the float64
+matmul peak (NumPy, n = 1024) is measured at the start and the end of the same run.
+Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`.
+"""
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _problem as P  # noqa: E402
+
+
+logger = logging.getLogger("bench")
+
+SIZES = ((16, 8), (128, 8), (16, 64), (1024, 8), (128, 64), (64, 256))
+TOOLS = ("node_flow", "node_flow-dopri8", "scipy-DOP853", "scipy-RK45", "torchdiffeq")
+PEERS = ("scipy-DOP853", "scipy-RK45", "torchdiffeq")
+INTRINSIC_SIZES = ((1024, 8), (1024, 64))
+CHECK_PARAM_MAX_WORK = 1024 * 8**3 * 2  # parameter-flow cross-check of the reference if L n³ ≤ this
+SECONDARY_MAX_WORK = 128 * 64**3  # node_flow-dopri8 (a second solver) only up to this L n³
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reps", type=int, default=3, help="timed solves per case (median)")
+    p.add_argument("--budget", type=float, default=150.0, help="seconds per case before stopping")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--sizes", type=str, default=None, help='e.g. "16x8,128x8" (L x n)')
+    p.add_argument("--tools", type=str, default=",".join(TOOLS))
+    p.add_argument("--no-extras", action="store_true", help="skip intrinsic/neural-ODE/criterion")
+    return p.parse_args(argv)
+
+
+def run_job(job: dict, workdir: Path, timeout: float) -> dict:
+    """Run one job in a fresh interpreter; a crash or a timeout becomes a note."""
+    fd, job_path = tempfile.mkstemp(dir=workdir, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(job, f)
+    result_path = Path(job_path).with_suffix(".out.json")
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "_worker.py"), job_path, str(result_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"note": "skipped: over budget", "wall_s": time.perf_counter() - t}
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        logger.warning("job %s failed: %s", job, " | ".join(tail))
+        return {"note": "failed: " + " | ".join(tail), "wall_s": time.perf_counter() - t}
+    with open(result_path) as f:
+        out = json.load(f)
+    out["wall_s"] = time.perf_counter() - t
+    return out
+
+
+def measure(args, workdir):
+    sizes = SIZES
+    if args.sizes:
+        sizes = tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes.split(","))
+    tools = tuple(args.tools.split(","))
+    timeout = args.budget + 300.0
+    base = {"seed": args.seed, "reps": args.reps, "budget_s": args.budget, "threads": args.threads}
+    peaks = [run_job({"kind": "peak"}, workdir, 120)["peak_gflops"]]
+    logger.info("float64 matmul peak (NumPy, n = 1024): %.1f GFLOP/s", peaks[0])
+
+    references, cases, hints = {}, [], {}
+
+    def reference(L, n):
+        if (L, n) not in references:
+            ref_path = str(workdir / f"ref_{L}_{n}.npy")
+            job = dict(
+                base,
+                kind="reference",
+                L=L,
+                n=n,
+                ref_path=ref_path,
+                check_param=L * n**3 <= CHECK_PARAM_MAX_WORK,
+            )
+            info = run_job(job, workdir, timeout)
+            info.update(L=L, n=n, ref_path=ref_path)
+            references[(L, n)] = info
+            logger.info(
+                "reference L=%d n=%d: %s", L, n, {k: v for k, v in info.items() if k != "ref_path"}
+            )
+        return references[(L, n)]["ref_path"]
+
+    def case(tool, L, n):
+        job = dict(
+            base, kind="case", tool=tool, L=L, n=n, ref_path=reference(L, n), start=hints.get(tool)
+        )
+        rec = run_job(job, workdir, timeout)
+        rec.update(tool=tool, L=L, n=n)
+        if "tol" in rec:
+            hints[tool] = rec["tol"]
+        cases.append(rec)
+        logger.info(
+            "%-20s L=%-5d n=%-4d %8s s  err=%s  tol=%s  nfev=%s  %s",
+            tool,
+            L,
+            n,
+            _fmt(rec.get("seconds"), ".4g"),
+            _fmt(rec.get("rel_err"), ".1e"),
+            _fmt(rec.get("tol"), ".0e"),
+            rec.get("nfev", "-"),
+            rec.get("note", ""),
+        )
+        return rec
+
+    for L, n in sizes:
+        for tool in tools:
+            if tool == "node_flow-dopri8" and L * n**3 > SECONDARY_MAX_WORK:
+                continue
+            case(tool, L, n)
+    extras = {}
+    if not args.no_extras:
+        for L, n in INTRINSIC_SIZES:
+            if (L, n) not in sizes or "node_flow" not in tools:
+                case("node_flow", L, n)
+            case("node_flow-intrinsic", L, n)
+        extras["neural_ode"] = run_job(dict(kind="neural_ode", ms=[4, 8, 16, 32, 64]), workdir, 600)
+        extras["criterion"] = run_job(dict(kind="criterion", widths=[4, 8, 12, 16]), workdir, 600)
+    peaks.append(run_job({"kind": "peak"}, workdir, 120)["peak_gflops"])
+    logger.info("float64 matmul peak at the end: %.1f GFLOP/s", peaks[1])
+    return sizes, cases, references, extras, peaks
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def summarize(sizes, cases, references, extras, peaks):
+    peak = max(peaks)
+    for rec in cases:
+        rec["peak_gflops"] = peak
+        if "vf_gflops" in rec:
+            rec["vf_fraction_of_peak"] = rec["vf_gflops"] / peak
+        if "seconds" in rec and "nfev" in rec and rec["tool"].startswith("node_flow"):
+            if "intrinsic" not in rec["tool"]:
+                rec["solve_gflops"] = (
+                    rec["nfev"] * P.vf_flops(rec["L"], rec["n"]) / rec["seconds"] / 1e9
+                )
+    best_peer = {}
+    for rec in cases:
+        if rec["tool"] in PEERS and "seconds" in rec:
+            key = (rec["L"], rec["n"])
+            if key not in best_peer or rec["seconds"] < best_peer[key]["seconds"]:
+                best_peer[key] = rec
+    for rec in cases:
+        bp = best_peer.get((rec["L"], rec["n"]))
+        if bp is not None and "seconds" in rec and "intrinsic" not in rec["tool"]:
+            rec["best_peer"] = bp["tool"]
+            rec["speedup_vs_best_peer"] = bp["seconds"] / rec["seconds"]
+    intrinsic = []
+    for L, n in INTRINSIC_SIZES:
+        par = next(
+            (r for r in cases if r["tool"] == "node_flow" and (r["L"], r["n"]) == (L, n)), None
+        )
+        intr = next(
+            (r for r in cases if r["tool"] == "node_flow-intrinsic" and (r["L"], r["n"]) == (L, n)),
+            None,
+        )
+        if par and intr and "seconds" in par and "seconds" in intr:
+            intrinsic.append(
+                {
+                    "L": L,
+                    "n": n,
+                    "param_s": par["seconds"],
+                    "intrinsic_s": intr["seconds"],
+                    "ratio": par["seconds"] / intr["seconds"],
+                    "param_rel_err": par["rel_err"],
+                    "intrinsic_rel_err": intr["rel_err"],
+                }
+            )
+    refs = [{k: v for k, v in r.items() if k != "ref_path"} for r in references.values()]
+    return {
+        "problem": {
+            "loss": "||zX - Y||^2/(2N), N = 2n",
+            "init": "U_i = expm(S/L)",
+            "flow": "U_i' = -(1/L) grad_{U_i} L",
+            "t1": P.T1,
+            "target_rel_err": P.TARGET,
+            "reference": f"balanced intrinsic flow, Dopri8, rtol = atol = {P.REF_TOL}",
+            "tolerances": list(P.TOLS),
+            "vf_flops": "6 L n^3",
+        },
+        "peak_gflops": peak,
+        "peak_gflops_start_end": peaks,
+        "cases": cases,
+        "references": refs,
+        "intrinsic_vs_param": intrinsic,
+        **extras,
+    }
+
+
+def markdown(summary):
+    head = (
+        "| tool | L | n | seconds | rel_err | tol | nfev | × best peer | VF GFLOP/s | VF / peak |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for r in summary["cases"]:
+        if "intrinsic" in r["tool"]:
+            continue
+        sp = r.get("speedup_vs_best_peer")
+        lines.append(
+            f"| {r['tool']} | {r['L']} | {r['n']} | {_fmt(r.get('seconds'), '.4g')} "
+            f"| {_fmt(r.get('rel_err'), '.1e')} | {_fmt(r.get('tol'), '.0e')} | {r.get('nfev', '-')} "
+            f"| {'-' if sp is None else f'{sp:.2f}'} | {_fmt(r.get('vf_gflops'), '.1f')} "
+            f"| {_fmt(r.get('vf_fraction_of_peak'), '.0%')} |"
+            + (f" {r['note']}" if r.get("note") else "")
+        )
+    text = head + "\n".join(lines) + "\n"
+    text += f"\nfloat64 matmul peak (NumPy, n = 1024, max of start/end): {summary['peak_gflops']:.1f} GFLOP/s\n"
+    if summary["intrinsic_vs_param"]:
+        text += "\n| L | n | parameter flow s | intrinsic flow s | ratio | errors |\n|---:|---:|---:|---:|---:|---|\n"
+        for r in summary["intrinsic_vs_param"]:
+            text += (
+                f"| {r['L']} | {r['n']} | {r['param_s']:.4g} | {r['intrinsic_s']:.4g} | {r['ratio']:.0f}× "
+                f"| {r['param_rel_err']:.1e} / {r['intrinsic_rel_err']:.1e} |\n"
+            )
+    for name, cols in (
+        ("neural_ode", ("m", "seconds", "compile_s", "nfev", "ms_per_eval")),
+        ("criterion", ("n", "D", "seconds", "laws", "laws_expected")),
+    ):
+        rows = summary.get(name, {}).get("rows")
+        if rows:
+            text += f"\n{name}:\n\n| " + " | ".join(cols) + " |\n|" + "---:|" * len(cols) + "\n"
+            for row in rows:
+                text += (
+                    "| "
+                    + " | ".join(
+                        _fmt(row[c], ".4g") if isinstance(row[c], float) else str(row[c])
+                        for c in cols
+                    )
+                    + " |\n"
+                )
+    return text
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [r for r in summary["cases"] if "seconds" in r and "intrinsic" not in r["tool"]]
+    sizes = list(dict.fromkeys((r["L"], r["n"]) for r in cases))
+    tools = list(dict.fromkeys(r["tool"] for r in cases))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    w = 0.8 / max(len(tools), 1)
+    for j, tool in enumerate(tools):
+        xs, ys = [], []
+        for i, s in enumerate(sizes):
+            r = next((r for r in cases if r["tool"] == tool and (r["L"], r["n"]) == s), None)
+            if r:
+                xs.append(i + (j - (len(tools) - 1) / 2) * w)
+                ys.append(r["seconds"])
+        ax.bar(xs, ys, width=w, label=tool)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sizes)), [f"L={L}\nn={n}" for L, n in sizes])
+    ax.set_ylabel("seconds per solve (rel. error ≤ 1e-6)")
+    ax.legend(fontsize=8)
+    nf = [r for r in cases if r["tool"] == "node_flow" and "vf_fraction_of_peak" in r]
+    ax2.bar(range(len(nf)), [100 * r["vf_fraction_of_peak"] for r in nf], color="C0")
+    ax2.set_xticks(range(len(nf)), [f"{r['L']},{r['n']}" for r in nf], fontsize=8)
+    ax2.set_ylabel("node_flow vector field, % of matmul peak")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def write_csv(cases, path):
+    keys = [
+        "tool",
+        "L",
+        "n",
+        "seconds",
+        "rel_err",
+        "tol",
+        "nfev",
+        "compile_s",
+        "reps",
+        "speedup_vs_best_peer",
+        "vf_gflops",
+        "vf_fraction_of_peak",
+        "peak_gflops",
+        "note",
+    ]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(cases)
+    P.atomic_write_text(path, buf.getvalue())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes, cases, references, extras, peaks = measure(args, Path(tmp))
+    summary = summarize(sizes, cases, references, extras, peaks)
+    summary["total_seconds"] = time.perf_counter() - start
+    P.atomic_write_json(args.out / "summary.json", summary)
+    table = markdown(summary)
+    P.atomic_write_text(args.out / "table.md", table)
+    write_csv(summary["cases"], args.out / "cases.csv")
+    plot(summary, args.out / "bench.png")
+    logger.info("done in %.0f s; wrote %s\n%s", summary["total_seconds"], args.out, table)
+
+
+if __name__ == "__main__":
+    main()
