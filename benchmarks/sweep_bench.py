@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import jax
+from _problem import atomic_write_text
 
 
 logger = logging.getLogger("sweep_bench")
@@ -155,19 +156,6 @@ def worker(args) -> None:
     print(json.dumps(report))
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def markdown(summary) -> str:
     c, one, four = summary["config"], summary["one_device"], summary["host_devices"]
     lines = [
@@ -239,8 +227,8 @@ def main(argv=None):
         "jax": jax.__version__,
         "seconds_total": time.time() - start,
     }
-    atomic_write(args.out / "sweep.json", json.dumps(summary, indent=2))
-    atomic_write(args.out / "sweep.md", markdown(summary))
+    atomic_write_text(args.out / "sweep.json", json.dumps(summary, indent=2))
+    atomic_write_text(args.out / "sweep.md", markdown(summary))
     logger.info("wrote %s and %s", args.out / "sweep.json", args.out / "sweep.md")
 
 
