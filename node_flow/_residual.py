@@ -65,9 +65,3 @@ class ResidualLinearNetwork(AbstractLifting):
 def _factors(A: Float[Array, "*batch depth n n"]) -> Float[Array, "*batch depth n n"]:
     # Jitted: re-tracing `lift` (each `eval_shape`, each solver stage) hits the cache.
     return jnp.eye(A.shape[-1], dtype=A.dtype) + A / A.shape[-3]
-
-
-def residual_from_factors(U: Float[Array, "depth n n"]) -> ResidualLinearNetwork:
-    """The residual network with factors `U` ($A_k = L (U_k - I)$)."""
-    L, n, _ = U.shape
-    return ResidualLinearNetwork(L * (U - jnp.eye(n, dtype=U.dtype)))
