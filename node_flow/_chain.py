@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -25,3 +26,115 @@ def chain_product(mats: Float[Array, "depth *batch n n"]) -> Float[Array, "*batc
     while mats.shape[0] > 1:
         mats = mats[1::2] @ mats[0::2]
     return mats[0]
+
+
+# Widths up to which `chain_product_reverse` uses its fused small products. Above it XLA's
+# batched `dot` is matmul-bound and the unrolled products lose (measured on a 2-core CPU:
+# gradient flows 1.6–1.9× faster at n = 8, 1.35× at n = 16, 0.87× at n = 32).
+_FUSED_MAX_WIDTH = 16
+
+
+def _mm(a, b):
+    r"""Batched $ab$ for small matrices as $n$ broadcast multiply–adds: one elementwise
+    loop fusion in XLA instead of a `dot` per batch element."""
+    out = a[..., :, 0, None] * b[..., None, 0, :]
+    for k in range(1, a.shape[-1]):
+        out = out + a[..., :, k, None] * b[..., None, k, :]
+    return out
+
+
+def _mm_ta(a, b):
+    r"""Batched $a^\top b$, fused like `_mm` (no transpose is materialized)."""
+    out = a[..., 0, :, None] * b[..., None, 0, :]
+    for k in range(1, a.shape[-2]):
+        out = out + a[..., k, :, None] * b[..., None, k, :]
+    return out
+
+
+def _mm_tb(a, b):
+    r"""Batched $a b^\top$, fused like `_mm`."""
+    out = a[..., :, 0, None] * b[..., None, :, 0]
+    for k in range(1, a.shape[-1]):
+        out = out + a[..., :, k, None] * b[..., None, :, k]
+    return out
+
+
+def _bit_reverse(mats):
+    """Permute axis 0 (length $2^p$) to bit-reversed order. Then the adjacent pairs
+    $(M_{2i}, M_{2i+1})$ of every tree level sit in the two contiguous halves of the
+    stack, and the order of what remains is again bit-reversed. The permutation is its
+    own inverse. A gather of whole matrices (a $p$-dimensional transpose of axes of
+    length 2 is much slower in XLA on the CPU)."""
+    depth = mats.shape[0]
+    p = depth.bit_length() - 1
+    if p <= 1:
+        return mats
+    index = np.arange(depth)
+    perm = np.zeros(depth, dtype=np.int32)
+    for bit in range(p):
+        perm |= ((index >> bit) & 1) << (p - 1 - bit)
+    return mats[perm]
+
+
+def _pad_to_power_of_two(mats):
+    depth, n = mats.shape[0], mats.shape[-1]
+    size = 1 << max(depth - 1, 0).bit_length()
+    if size == depth:
+        return mats
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=mats.dtype), (size - depth,) + mats.shape[1:])
+    return jnp.concatenate([mats, eye])
+
+
+def _tree_levels(mats):
+    """The bit-reversed tree: the list of levels (kept for the reverse pass) and the root."""
+    mats = _bit_reverse(_pad_to_power_of_two(mats))
+    levels = []
+    while mats.shape[0] > 1:
+        levels.append(mats)
+        half = mats.shape[0] // 2
+        mats = _mm(mats[half:], mats[:half])
+    return mats[0], levels
+
+
+@jax.custom_vjp
+def _fused_chain_product(mats):
+    return _tree_levels(mats)[0]
+
+
+def _fused_fwd(mats):
+    root, levels = _tree_levels(mats)
+    return root, (levels, mats.shape[0])
+
+
+def _fused_bwd(residuals, g):
+    r"""Reverse pass of the tree: a node $P = BA$ with cotangent $\bar P$ sends
+    $\bar A = B^\top \bar P$ and $\bar B = \bar P A^\top$ to its children."""
+    levels, depth = residuals
+    g = g[None]
+    for mats in reversed(levels):
+        half = mats.shape[0] // 2
+        lower, upper = mats[:half], mats[half:]
+        g = jnp.concatenate([_mm_ta(upper, g), _mm_tb(g, lower)])
+    return (_bit_reverse(g)[:depth],)
+
+
+_fused_chain_product.defvjp(_fused_fwd, _fused_bwd)
+
+
+@jax.jit
+def chain_product_reverse(
+    mats: Float[Array, "depth *batch n n"],
+) -> Float[Array, "*batch n n"]:
+    r"""[`chain_product`][] with a hand-written reverse pass, for `jax.grad` only.
+
+    The same balanced tree, stored in bit-reversed order so that every level multiplies
+    two contiguous halves, and for widths $n \le 16$ with each batched product written as
+    one fused elementwise loop, forward and backward ($B^\top \bar P$, $\bar P A^\top$
+    without transposes): about 2× faster gradients at $n = 8$, where XLA's per-matrix
+    `dot` dominates. The work is the optimal $3(L-1)$ products. It is a `jax.custom_vjp`,
+    so it does **not** support forward mode (`jax.jvp`); models use it only in the twin
+    returned by `reverse_mode()`. Wider matrices fall back to `chain_product`.
+    """
+    if mats.shape[-1] > _FUSED_MAX_WIDTH or mats.shape[0] == 1:
+        return chain_product(mats)
+    return _fused_chain_product(mats)

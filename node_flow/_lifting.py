@@ -35,11 +35,28 @@ class AbstractLifting(eqx.Module):
         """
         return self
 
+    def reverse_mode(self) -> "AbstractLifting":
+        """The same model, with a `lift` specialized for reverse-mode autodiff (`jax.grad`).
+
+        The default is the model itself. Deep linear networks of equal widths return a copy
+        whose product has a hand-written, fused reverse pass (see
+        `node_flow._chain.chain_product_reverse`); that copy does not support `jax.jvp`.
+        [`node_flow.gradient_flow`][] and [`node_flow.metric`][] take gradients through it.
+        """
+        return self
+
 
 def forward_mode(model: eqx.Module) -> eqx.Module:
     """`model.forward_mode()` for node_flow models, the model itself for any other module."""
     if isinstance(model, AbstractLifting):
         return model.forward_mode()
+    return model
+
+
+def reverse_mode(model: eqx.Module) -> eqx.Module:
+    """`model.reverse_mode()` for node_flow models, the model itself for any other module."""
+    if isinstance(model, AbstractLifting):
+        return model.reverse_mode()
     return model
 
 

@@ -2,12 +2,13 @@ r"""Deep linear networks: the lifting $z = U_L \cdots U_1$ and its conservation 
 
 import functools as ft
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._chain import chain_product
+from ._chain import chain_product, chain_product_reverse
 from ._lifting import AbstractLifting
 
 
@@ -31,13 +32,16 @@ class LinearNetwork(AbstractLifting):
 
     - `weights`: a sequence of 2-D arrays, `weights[j-1] = U_j` (input layer first). The
       width chain must match: `weights[j].shape[1] == weights[j-1].shape[0]`.
+    - `reverse_only` (internal, set by `reverse_mode()`): compute `lift` with the fused
+      reverse pass of `chain_product_reverse`.
 
     **Attributes:** `depth` ($L$) and `widths` ($(n_0, n_1, \dots, n_L)$).
     """
 
     weights: tuple[Float[Array, "_ _"], ...]
+    reverse_only: bool = eqx.field(static=True)
 
-    def __init__(self, weights):
+    def __init__(self, weights, *, reverse_only: bool = False):
         if isinstance(weights, (jax.Array, np.ndarray)) and jnp.ndim(weights) == 3:
             weights = tuple(weights)
         if not isinstance(weights, (tuple, list)) or len(weights) == 0:
@@ -46,6 +50,7 @@ class LinearNetwork(AbstractLifting):
                 f"U_1, ..., U_L; got {type(weights).__name__}."
             )
         self.weights = tuple(jnp.asarray(U) for U in weights)
+        self.reverse_only = reverse_only
 
     def __check_init__(self):
         for j, U in enumerate(self.weights, start=1):
@@ -66,6 +71,11 @@ class LinearNetwork(AbstractLifting):
     def depth(self) -> int:
         return len(self.weights)
 
+    def reverse_mode(self) -> "LinearNetwork":
+        """A copy whose `lift` has the fused reverse pass when the widths are equal
+        (`jax.grad` only, no `jax.jvp`)."""
+        return LinearNetwork(self.weights, reverse_only=True) if self.is_square else self
+
     @property
     def widths(self) -> tuple[int, ...]:
         return (self.weights[0].shape[-1],) + tuple(U.shape[-2] for U in self.weights)
@@ -80,5 +90,6 @@ class LinearNetwork(AbstractLifting):
 
         Leading batch axes (e.g. the time axis of `FlowSolution.models`) broadcast."""
         if self.is_square:
-            return chain_product(jnp.stack(self.weights))
+            product = chain_product_reverse if self.reverse_only else chain_product
+            return product(jnp.stack(self.weights))
         return ft.reduce(lambda z, U: U @ z, self.weights[1:], self.weights[0])

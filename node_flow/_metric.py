@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._lifting import forward_mode, precondition
+from ._lifting import forward_mode, precondition, reverse_mode
 
 
 @eqx.filter_jit
@@ -29,7 +29,7 @@ def metric(model: eqx.Module, G: Array) -> Array:
     and shape).
     """
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    lift = lambda p: eqx.combine(p, static).lift()
+    lift = lambda p: reverse_mode(eqx.combine(p, static)).lift()
     z, vjp = jax.vjp(lift, params)
     G = jnp.asarray(G, dtype=z.dtype)
     if G.shape != z.shape:

@@ -1,10 +1,11 @@
 """Residual linear networks $U_k = I + A_k / L$: the finite-depth neural ODE."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ._chain import chain_product
+from ._chain import chain_product, chain_product_reverse
 from ._lifting import AbstractLifting
 from ._linear import check_finite, LinearNetwork
 
@@ -17,12 +18,14 @@ class ResidualLinearNetwork(AbstractLifting):
     $\dot U_k = -\frac1L \nabla_{U_k} L$: the time scale of the linear neural ODE, of
     which this is the depth-$L$ discretization (THEORY §3; Sander et al. 2022).
 
-    **Arguments:** `A`, the stack of residual weights, shape `(L, n, n)`.
+    **Arguments:** `A`, the stack of residual weights, shape `(L, n, n)`; `reverse_only`
+    (internal, set by `reverse_mode()`): compute `lift` with the fused reverse pass.
     """
 
     A: Float[Array, "depth n n"]
+    reverse_only: bool = eqx.field(static=True)
 
-    def __init__(self, A):
+    def __init__(self, A, *, reverse_only: bool = False):
         A = jnp.asarray(A)
         if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
             raise ValueError(
@@ -33,6 +36,7 @@ class ResidualLinearNetwork(AbstractLifting):
             raise TypeError(f"ResidualLinearNetwork: `A` must be floating; got {A.dtype}.")
         check_finite("ResidualLinearNetwork A", A)
         self.A = A
+        self.reverse_only = reverse_only
 
     @property
     def depth(self) -> int:
@@ -48,7 +52,12 @@ class ResidualLinearNetwork(AbstractLifting):
 
     def lift(self) -> Float[Array, "*batch n n"]:
         r"""$z = U_L \cdots U_1$ (log-depth batched product; leading batch axes broadcast)."""
-        return chain_product(jnp.moveaxis(self.factors(), -3, 0))
+        product = chain_product_reverse if self.reverse_only else chain_product
+        return product(jnp.moveaxis(self.factors(), -3, 0))
+
+    def reverse_mode(self) -> "ResidualLinearNetwork":
+        """A copy whose `lift` has the fused reverse pass (`jax.grad` only, no `jax.jvp`)."""
+        return ResidualLinearNetwork(self.A, reverse_only=True)
 
     def precondition(self, grads: PyTree[Array]) -> PyTree[Array]:
         r"""$\partial L/\partial A_k \mapsto L\, \partial L/\partial A_k$
