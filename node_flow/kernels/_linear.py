@@ -93,10 +93,10 @@ def balanced_weights(s2: Float[Array, " n"], depth: int) -> Float[Array, "n n"]:
     )
 
 
-def _kernel(z, G, a_of_s2, c):
+def _kernel(z, G, weights_of_s2):
+    r"""$X (W \circ (X^\top G Y)) Y^\top$ with $W$ computed from the squared singular values."""
     X, s, Yt = jnp.linalg.svd(z)
-    a = a_of_s2(s**2)
-    return apply_in_singular_basis(X, _depth_weights(a, c), Yt.T, G)
+    return apply_in_singular_basis(X, weights_of_s2(s**2), Yt.T, G)
 
 
 def relaxed_balanced(
@@ -124,7 +124,7 @@ def relaxed_balanced(
             f"imbalances; got shape {lambdas.shape}."
         )
     c = jnp.concatenate([jnp.zeros(1, z.dtype), jnp.cumsum(lambdas)])
-    return _kernel(z, G, lambda s2: solve_a(s2, c), c)
+    return _kernel(z, G, lambda s2: _depth_weights(solve_a(s2, c), c))
 
 
 def balanced(
@@ -150,5 +150,4 @@ def balanced(
         ) from None
     if depth < 1:
         raise ValueError(f"kernels.balanced: `depth` must be an integer ≥ 1; got {depth}.")
-    X, s, Yt = jnp.linalg.svd(z)
-    return apply_in_singular_basis(X, balanced_weights(s**2, depth), Yt.T, G)
+    return _kernel(z, G, lambda s2: balanced_weights(s2, depth))
