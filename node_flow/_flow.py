@@ -18,9 +18,9 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike
 
+from ._checks import check_finite
 from ._custom_types import Kernel, Loss, ScalarLike
 from ._lifting import precondition, reverse_mode
-from ._linear import check_finite
 from ._solution import FlowSolution, RESULTS
 
 

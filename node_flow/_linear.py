@@ -9,18 +9,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._chain import chain_product, chain_product_reverse
+from ._checks import check_finite
 from ._lifting import AbstractLifting
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def check_finite(name: str, arrays) -> None:
-    """Raise a `ValueError` naming `name` if a concrete array holds NaN or inf."""
-    for i, a in enumerate(jax.tree.leaves(arrays)):
-        if _is_concrete(a) and not np.all(np.isfinite(np.asarray(a))):
-            raise ValueError(f"{name}: entry {i} holds non-finite values (NaN or inf).")
 
 
 class LinearNetwork(AbstractLifting):

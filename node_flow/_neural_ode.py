@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from ._checks import check_finite
 from ._lifting import AbstractLifting
-from ._linear import check_finite
 from ._residual import ResidualLinearNetwork
 
 

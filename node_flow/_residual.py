@@ -6,8 +6,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._chain import chain_product, chain_product_reverse
+from ._checks import check_finite
 from ._lifting import AbstractLifting
-from ._linear import check_finite, LinearNetwork
+from ._linear import LinearNetwork
 
 
 class ResidualLinearNetwork(AbstractLifting):
