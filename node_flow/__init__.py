@@ -19,7 +19,11 @@ from ._flow import (
 )
 from ._lifting import AbstractLifting as AbstractLifting
 from ._linear import LinearNetwork as LinearNetwork
-from ._loss import LeastSquares as LeastSquares
+from ._loss import (
+    LeastSquares as LeastSquares,
+    MatrixCompletion as MatrixCompletion,
+    MatrixSensing as MatrixSensing,
+)
 from ._metric import metric as metric
 from ._neural_ode import LinearNeuralODE as LinearNeuralODE
 from ._residual import ResidualLinearNetwork as ResidualLinearNetwork
