@@ -12,6 +12,7 @@ from . import (
     relu as relu,
 )
 from ._conservation import conservation_laws as conservation_laws
+from ._effective_rank import effective_rank as effective_rank
 from ._flow import (
     FlowError as FlowError,
     gradient_flow as gradient_flow,

@@ -14,9 +14,11 @@ from jaxtyping import Array, Float, Int
 from ._checks import as_real_data, is_concrete
 
 
-def _check_z(owner: str, z, shape: tuple[int, ...], fix: str) -> None:
+def _check_z(owner: str, z, shape: tuple[int, ...], fix: str) -> Array:
+    z = jnp.asarray(z)
     if z.shape != shape:
         raise ValueError(f"{owner}: z must have shape {shape} {fix}; got {z.shape}.")
+    return z
 
 
 def _common_dtype(*arrays):
@@ -66,7 +68,7 @@ class LeastSquares(eqx.Module):
 
     def __call__(self, z: Float[Array, "..."]) -> Float[Array, ""]:
         shape = (self.Y.shape[0], self.X.shape[0])
-        _check_z("LeastSquares", z, shape, f"to multiply X {self.X.shape} and match Y")
+        z = _check_z("LeastSquares", z, shape, f"to multiply X {self.X.shape} and match Y")
         residual = z @ self.X - self.Y
         return jnp.sum(residual**2) / (2 * self.X.shape[1])
 
@@ -117,7 +119,7 @@ class MatrixSensing(eqx.Module):
 
     def __call__(self, z: Float[Array, "..."]) -> Float[Array, ""]:
         m = self.A.shape[0]
-        _check_z("MatrixSensing", z, self.A.shape[1:], f"to match A {self.A.shape}")
+        z = _check_z("MatrixSensing", z, self.A.shape[1:], f"to match A {self.A.shape}")
         residual = self.A.reshape(m, -1) @ z.reshape(-1) - self.y
         return jnp.sum(residual**2) / (2 * m)
 
@@ -227,7 +229,7 @@ class MatrixCompletion(eqx.Module):
         self.values, self.shape = values, shape
 
     def __call__(self, z: Float[Array, "..."]) -> Float[Array, ""]:
-        _check_z("MatrixCompletion", z, self.shape, "(the `shape` it was built with)")
+        z = _check_z("MatrixCompletion", z, self.shape, "(the `shape` it was built with)")
         rows, cols = self.rows, self.cols
         if not self.checked:
             outside = (rows < 0) | (rows >= self.shape[0]) | (cols < 0) | (cols >= self.shape[1])
