@@ -9,6 +9,7 @@ from . import (
     init as init,
     kernels as kernels,
     neural_ode as neural_ode,
+    plot as plot,
     relu as relu,
 )
 from ._conservation import conservation_laws as conservation_laws
