@@ -15,6 +15,7 @@ from node_flow.criterion import liftings
 from .criterion_helpers import (
     non_isotropic_two_layer,
     relaxed_balanced_deep,
+    relaxed_balanced_rectangular,
     relaxed_balanced_two_layer,
     two_layer_oracle,
 )
@@ -113,10 +114,16 @@ def test_lie_trace_basis_is_orthonormal_and_starts_with_jacobian_rows():
 @pytest.mark.parametrize("widths", [(3, 3, 3), (4, 2, 3)], ids=["square", "rectangular"])
 @pytest.mark.parametrize("init", ["relaxed", "generic"])
 def test_two_layer_intersection_and_residual_match_hand_derived_fibre_and_leaf(widths, init):
+    """Relaxed balanced (C = 0.4 I, square or rectangular) and generic points: the criterion's
+    intersection and residual equal the hand-derived ones; relaxed points hold (THEORY §2),
+    generic ones fail."""
     rng = np.random.default_rng(sum(widths))
     n0, r, n2 = widths
     if init == "relaxed" and n0 == r == n2:
         U1, U2 = relaxed_balanced_two_layer(rng, r, lam=0.4)
+    elif init == "relaxed":
+        U1, U2 = relaxed_balanced_rectangular(rng, n0, r, n2, lam=0.4)
+        np.testing.assert_allclose(U2.T @ U2 - U1 @ U1.T, 0.4 * np.eye(r), atol=1e-12)
     else:
         U1, U2 = rng.standard_normal((r, n0)), rng.standard_normal((n2, r))
     dim, basis, residual = two_layer_oracle(U1, U2)
@@ -130,6 +137,7 @@ def test_two_layer_intersection_and_residual_match_hand_derived_fibre_and_leaf(w
         np.testing.assert_allclose(P @ P.T, basis @ basis.T, atol=1e-10)
         # residuals in [0, 1]; O(1) values agree to 1e-8 relative, tiny ones are both tiny
         np.testing.assert_allclose(report.residual, residual, rtol=1e-8, atol=1e-13)
+        assert report.holds is (init == "relaxed"), report.reason
 
 
 def test_two_layer_square_criterion_holds_iff_C_is_isotropic():
