@@ -257,3 +257,37 @@ def test_unconverged_trace_gives_no_count_and_no_positive_verdict():
         criterion.num_conservation_laws(phi, theta, max_depth=1)
     report = criterion.kernel_inclusion(phi, theta, max_depth=1)
     assert report.holds is None and "still growing" in report.reason
+
+
+def test_non_generic_point_gets_no_confident_answer():
+    """θ = 0 for deep_linear((2, 2, 2)): ∂φ(0) = 0, so D − dim Lie = 8 and ∂M = 0 (the
+    inclusion holds trivially), while at generic points there are 3 laws (C = U2ᵀU2 − U1U1ᵀ)
+    and the criterion fails. The count raises, the verdict is undecided, with the ranks."""
+    phi = liftings.deep_linear((2, 2, 2))
+    zero = (jnp.zeros((2, 2)), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="non-generic point: rank ∂φ\\(θ\\) = 0 but 4"):
+        criterion.num_conservation_laws(phi, zero)
+    for conserved in (None, phi.conserved):
+        report = criterion.kernel_inclusion(phi, zero, conserved)
+        assert report.holds is None and not report.generic, report.reason
+        assert report.rank_jacobian == 0 and report.generic_rank_jacobian == 4
+        assert "non-generic" in report.reason
+    # a generic point nearby gets the generic answers
+    nearby = tuple(0.1 * U for U in _sample(phi, 9))
+    assert criterion.num_conservation_laws(phi, nearby) == 3
+    report = criterion.kernel_inclusion(phi, nearby)
+    assert report.generic and report.holds is False
+
+
+def test_too_large_problem_is_refused_with_memory_figure_before_forming_anything():
+    """D = 20,000 (deep_linear((100, 100, 100))): the dense Jacobian alone is 10⁴ × 2·10⁴;
+    refused at once (no Jacobian is formed), naming the size and an alternative."""
+    import time
+
+    phi = liftings.deep_linear((100, 100, 100))
+    theta = (jnp.zeros((100, 100)), jnp.zeros((100, 100)))
+    for fn in (criterion.kernel_inclusion, criterion.num_conservation_laws, criterion.lie_trace):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=r"D = 20000 .* d = 10000 .* 4\.8 GB .*small widths"):
+            fn(phi, theta)
+        assert time.perf_counter() - start < 5.0

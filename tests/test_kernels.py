@@ -277,7 +277,9 @@ def test_two_layer_relaxed_kernel_derivative_at_rank_deficient_z():
     lam = jnp.array([0.7])
     phi = lambda z: jnp.sum(nf.kernels.relaxed_balanced(z, G, lam) * H)
     fd = jax.jit(lambda z: _fd4(lambda h: phi(z + h * V), 1e-3))(z)
-    assert abs(float(jnp.sum(jax.jit(jax.grad(phi))(z) * V) - fd)) <= 1e-8 * max(abs(float(fd)), 1.0)
+    assert abs(float(jnp.sum(jax.jit(jax.grad(phi))(z) * V) - fd)) <= 1e-8 * max(
+        abs(float(fd)), 1.0
+    )
 
 
 def test_implicit_solver_through_the_neural_ode_kernel_matches_explicit_solve():
