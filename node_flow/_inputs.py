@@ -152,6 +152,6 @@ def as_real_array(fname: str, argname: str, value, ndim: int | None = None) -> j
         )
     if array.size == 0:
         raise ValueError(f"{fname}: `{argname}` is empty (shape {array.shape}).")
-    if is_concrete(array) and not bool(jnp.all(jnp.isfinite(array))):
+    if is_concrete(array) and not np.all(np.isfinite(np.asarray(array))):
         raise ValueError(f"{fname}: `{argname}` holds non-finite values (NaN or inf).")
     return array

@@ -141,21 +141,34 @@ class RelaxedBalancedWeights(eqx.Module):
         \mu(s_k))/L + O(L^{-2})$). Raises a `ValueError` if some $a_j + c_k \le 0$.
         """
         L = as_count("relaxed_balanced_residual", "L", L)
-        dtype = self.K.dtype
-        d, Q = jnp.linalg.eigh(self.S0)
-        c = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(self.lambdas(L))])
-        sigma2 = jnp.exp(2 * d / L)[None, :] + c[:, None]
-        worst = float(jnp.min(sigma2))
+        d, Q = np.linalg.eigh(np.asarray(self.S0, dtype=np.float64))
+        c = np.concatenate([[0.0], np.cumsum(np.asarray(self.lambdas(L), dtype=np.float64))])
+        sigma2 = np.exp(2 * d / L)[None, :] + c[:, None]
+        worst = float(np.min(sigma2))
         if not worst > 0:
             raise ValueError(
                 f"relaxed_balanced_residual: the λ profile is infeasible at depth L = {L}: "
                 f"σ²_(k,j) = a_j + c_k reaches {worst:.3g} ≤ 0 (the cumulative imbalance "
                 "c_k = Σ_(i<k) λ(i/L)/L² is too negative). Increase L or S0, or raise λ."
             )
-        s = jnp.arange(L + 1, dtype=dtype) / L
-        frames = jax.vmap(lambda x: expm(x * self.K) @ Q)(s)
-        U = frames[1:] * jnp.sqrt(sigma2)[:, None, :] @ jnp.swapaxes(frames[:-1], -1, -2)
-        return ResidualLinearNetwork(L * (U - jnp.eye(self.n, dtype=dtype)))
+        A = _residual_weights(self.K, Q, sigma2)
+        return ResidualLinearNetwork(jnp.asarray(A, self.K.dtype))
+
+
+def _residual_weights(K, Q, sigma2) -> np.ndarray:
+    r"""$A_k = L(U_k - I)$, $U_k = R(s_k) Q \Sigma_k Q^\top R(s_{k-1})^\top$, on the host in
+    float64. The rotations $R(s) = e^{sK}$ of the skew $K$ come from one Hermitian
+    eigendecomposition $iK = V \operatorname{diag}(\omega) V^*$, $R(s) = V
+    \operatorname{diag}(e^{-is\omega}) V^*$: orthogonal to rounding at every $s$, vectorized
+    over the $L + 1$ depths, and without a compilation per depth."""
+    K, Q, sigma2 = (np.asarray(x, dtype=np.float64) for x in (K, Q, sigma2))
+    L, n = sigma2.shape
+    omega, V = np.linalg.eigh(1j * K)
+    s = np.arange(L + 1) / L
+    R = np.einsum("ij,sj,kj->sik", V, np.exp(-1j * s[:, None] * omega), V.conj()).real
+    frames = R @ Q
+    U = frames[1:] * np.sqrt(sigma2)[:, None, :] @ np.swapaxes(frames[:-1], -1, -2)
+    return L * (U - np.eye(n))
 
 
 def relaxed_balanced_weights(
