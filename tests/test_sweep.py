@@ -544,3 +544,17 @@ def test_sweep_names_a_damaged_batch_file_and_what_to_do(tmp_path, damage):
     (tmp_path / "batch_00001.npz").unlink()
     res = sweep(jnp.sin, grid, batch_size=2, out=tmp_path)
     assert res.computed == (0, 1) and np.array_equal(res.results, np.sin(np.arange(4.0)))
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (lambda x: {"y": x, "name": "a"}, r"output at \['name'\] is a str"),
+        (lambda x: jax.random.key(0), "returns a PRNG key"),
+        (lambda x: None, "returns no arrays"),
+    ],
+)
+def test_sweep_rejects_outputs_that_are_not_arrays(fn, match):
+    """The output of `fn` is checked from its one trace, before any batch runs."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        sweep(fn, jnp.arange(2.0))
