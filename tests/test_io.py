@@ -3,6 +3,7 @@ back as written (checked with the standard readers: `json`, `csv`, the PNG signa
 
 import csv
 import json
+import stat
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,13 +18,18 @@ def _listing(folder):
 
 @pytest.mark.parametrize("data", ["text é ∞\n", b"\x00\xffbytes", lambda f: f.write(b"called")])
 def test_atomic_write_round_trips_text_bytes_and_writer_functions(tmp_path, data):
-    """Text (UTF-8), bytes and a writer function land in a new nested folder, exactly."""
+    """Text (UTF-8), bytes and a writer function land in a new nested folder, exactly, and
+    with the permissions of any other new file."""
     path = atomic_write(tmp_path / "new" / "deeper" / "file.bin", data)
     expected = data.encode() if isinstance(data, str) else data
     if callable(data):
         expected = b"called"
     assert path.read_bytes() == expected
     assert _listing(path.parent) == ["file.bin"]
+    # The permissions a plain `open` gives (not mkstemp's private 0600).
+    plain = path.parent / "plain.bin"
+    plain.write_bytes(b"")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 class _Interrupted(Exception):
