@@ -199,3 +199,36 @@ def test_depth_limit_changing_fit_from_recomputes_nothing(scripts, tmp_path, mon
     dl.main(flags + ["--depths", "4", "8", "16", "32"])
     assert calls == ["depth 32"]
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_depth_limit_reports_an_infeasible_profile_naming_the_flags_and_keeps_finished_entries(
+    scripts, tmp_path, monkeypatch
+):
+    """A λ profile that the library refuses at some depth (its ValueError) ends the study
+    with a message naming the entry and the λ flags, not a traceback; the entries finished
+    before it are kept, and a rerun computes only what is missing."""
+    dl = scripts["depth_limit"]
+    calls = []
+    limit, depth, grid = _fake_runs(calls, n=2)
+
+    def infeasible_at_8(L, *args):
+        if L == 8:
+            raise ValueError("the λ profile is infeasible at depth L = 8")
+        return depth(L, *args)
+
+    monkeypatch.setattr(dl, "run_limit", limit)
+    monkeypatch.setattr(dl, "run_depth", infeasible_at_8)
+    monkeypatch.setattr(dl, "run_grid", grid)
+    monkeypatch.setattr(dl, "plot", lambda *args: None)
+    flags = ["--width", "2", "--profiles", "constant", "--lambda-constant", "-50"]
+    flags += ["--depths", "4", "8", "16", "--fit-from", "4", "--grid", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        dl.main(flags)
+    message = str(exit_info.value.code)
+    assert "depth_00008: the λ profile is infeasible" in message
+    assert "--lambda-constant -50.0" in message and "kept in" in message
+    assert calls == ["limit", "depth 4"]
+    monkeypatch.setattr(dl, "run_depth", depth)
+    calls.clear()
+    dl.main(flags)
+    assert calls == ["depth 8", "depth 16"]
