@@ -113,7 +113,11 @@ def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
             f"convergence: hs and errors must have one length; got {len(hs)} and {len(errors)}."
         )
     start = 0 if fit_from is None else fit_from
-    if not isinstance(start, int | np.integer) or not 0 <= start <= len(hs) - 2:
+    if (
+        isinstance(start, bool)
+        or not isinstance(start, int | np.integer)
+        or not 0 <= start <= len(hs) - 2
+    ):
         raise ValueError(
             f"convergence: fit_from = {fit_from!r} must be an int in [0, {len(hs) - 2}] so "
             f"that at least two of the {len(hs)} points are fitted."
