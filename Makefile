@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu bench lint clean
+.PHONY: install test run linear depth-limit criterion relu descent bench lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ criterion: install
 
 relu: install
 	$(PY) experiments/relu_intrinsic.py
+
+descent: install
+	$(PY) experiments/descent_vs_flow.py
 
 # The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
 bench: install
