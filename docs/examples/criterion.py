@@ -8,11 +8,11 @@
 #
 # 1. how many conservation laws there are: $D - \dim\mathrm{Lie}(\theta)$, where
 #    $\mathrm{Lie}(\theta)$ is spanned by the $\nabla\varphi_i$ and their iterated brackets
-#    ([`node_flow.criterion.conservation_laws`][]);
+#    ([`node_flow.criterion.conservation_laws`](../api/criterion.md#node_flow.criterion.conservation_laws));
 # 2. whether moving along the fibre of $\varphi$ inside the conserved leaf leaves the metric
 #    $M = \partial\varphi\,\partial\varphi^\top$ unchanged,
 #    $\ker\partial\varphi \cap \ker\partial h \subseteq \ker\partial M$
-#    ([`node_flow.criterion.kernel_inclusion`][]) — a necessary condition for
+#    ([`node_flow.criterion.kernel_inclusion`](../api/criterion.md#node_flow.criterion.kernel_inclusion)) — a necessary condition for
 #    $M(\theta) = K(z, h(\theta))$.
 #
 # Below: a two-layer factorization written by hand (the criterion recovers the known

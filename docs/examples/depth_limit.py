@@ -35,7 +35,7 @@ depths = (4, 8) if FAST else (4, 8, 16, 32, 64, 128, 256)
 # %% [markdown]
 # ## Three imbalance profiles with one limit
 #
-# [`node_flow.neural_ode.relaxed_balanced_weights`][] builds a weight function $A(s)$ whose
+# [`node_flow.neural_ode.relaxed_balanced_weights`](../api/init.md#node_flow.neural_ode.relaxed_balanced_weights) builds a weight function $A(s)$ whose
 # conservation law is exactly $\Lambda(s) = \lambda(s)I$; `same_z0=True` shifts it so that
 # every profile has the same $z_0 = \Phi(1,0)$. Its `.residual(L)` is the exactly relaxed
 # balanced depth-$L$ network.

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # A sweep over seeds on several devices
 #
-# [`node_flow.sweep`][] runs a function on every configuration of a grid as **one** compiled
+# [`node_flow.sweep`](../api/sweeps.md#node_flow.sweep) runs a function on every configuration of a grid as **one** compiled
 # `jax.vmap`, each batch sharded over a one-axis device mesh, results gathered next to their
 # configuration. Here: 16 random residual networks (a key and an imbalance each) trained by
 # gradient flow, on 4 devices.
