@@ -153,12 +153,21 @@ def test_site_renders_every_example_and_the_quickstart(site):
     assert "nf.gradient_flow(net, loss" in text  # the README quick-start, included
 
 
-def test_docstring_cross_references_render_as_links(site):
-    """`[`node_flow.gradient_flow`][]` in a docstring becomes a link to its entry."""
+def test_cross_references_render_as_links(site):
+    """`[`node_flow.gradient_flow`][]` becomes a link to its entry: in docstrings
+    (mkdocs-autorefs) and in the examples (docs/_hooks/notebook_links.py); none is left
+    as text on any page."""
     soup = _soup(site / "api" / "flows" / "index.html")
     links = {a["href"] for a in soup.select("a.autorefs")}
     assert any(href.endswith("#node_flow.RESULTS") for href in links), sorted(links)[:10]
-    assert "][]" not in soup.get_text()
+    example = (site / "examples" / "quickstart" / "index.html").read_text(encoding="utf-8")
+    assert 'flows/#node_flow.gradient_flow"><code>node_flow.gradient_flow</code></a>' in example
+    left = [
+        str(page.relative_to(site))
+        for page in site.rglob("*.html")
+        if re.search(r"(</code>|`)\]\[\]", page.read_text(encoding="utf-8"))
+    ]
+    assert not left, f"unresolved cross-references on {left}"
 
 
 _REF = re.compile(r'<(a|img)\b[^>]*?\b(?:href|src)="([^"]*)"')

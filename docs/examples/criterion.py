@@ -8,11 +8,11 @@
 #
 # 1. how many conservation laws there are: $D - \dim\mathrm{Lie}(\theta)$, where
 #    $\mathrm{Lie}(\theta)$ is spanned by the $\nabla\varphi_i$ and their iterated brackets
-#    ([`node_flow.criterion.conservation_laws`](../api/criterion.md#node_flow.criterion.conservation_laws));
+#    ([`node_flow.criterion.conservation_laws`][]);
 # 2. whether moving along the fibre of $\varphi$ inside the conserved leaf leaves the metric
 #    $M = \partial\varphi\,\partial\varphi^\top$ unchanged,
 #    $\ker\partial\varphi \cap \ker\partial h \subseteq \ker\partial M$
-#    ([`node_flow.criterion.kernel_inclusion`](../api/criterion.md#node_flow.criterion.kernel_inclusion)) — a necessary condition for
+#    ([`node_flow.criterion.kernel_inclusion`][]) — a necessary condition for
 #    $M(\theta) = K(z, h(\theta))$.
 #
 # Below: a two-layer factorization written by hand (the criterion recovers the known
@@ -41,6 +41,7 @@ ku, kv, kg = jax.random.split(jax.random.key(0), 3)
 # Passing them as `conserved` checks them against the Lie algebra (a function that is not
 # conserved raises a `ValueError`).
 
+
 # %%
 def phi(theta):
     return theta["U"] @ theta["V"].T
@@ -66,6 +67,7 @@ assert laws.count == n * (n + 1) // 2 and laws.complete
 # and there the intrinsic kernel is known in closed form (THEORY §2). Such a point:
 # $U = (V^\top V + \lambda I)^{1/2}$.
 
+
 # %%
 def relaxed_balanced(V, lam):
     w, Q = jnp.linalg.eigh(V.T @ V + lam * jnp.eye(n))
@@ -76,7 +78,7 @@ balanced = relaxed_balanced(generic["V"], 0.7)
 for name, theta in [("generic", generic), ("C = 0.7 I", balanced)]:
     verdict = nf.criterion.kernel_inclusion(phi, theta, imbalance)
     print(f"{name:>10}: holds={verdict.holds}, residual {verdict.residual:.1e}, "
-          f"dim(ker ∂φ ∩ ker ∂h) = {verdict.dim_intersection}, smallest gap {verdict.gap:.0e}")  # fmt: skip
+          f"dim(ker ∂φ ∩ ker ∂h) = {verdict.dim_intersection}, gap {verdict.gap:.0e}")  # fmt: skip
 
 # %% [markdown]
 # `residual` is scale-free in $[0, 1]$; `gap` is the smallest singular-value gap behind the
@@ -90,6 +92,7 @@ for name, theta in [("generic", generic), ("C = 0.7 I", balanced)]:
 # $\|v_j\|^2 - g_j^2$, and nothing else. Even with every column balanced
 # ($\|u_j\| = |g_j| = \|v_j\|$), the criterion finds a direction along the fibre that
 # changes $M$: $M$ is then not a function of $(z, h)$, and no intrinsic kernel exists there.
+
 
 # %%
 def gated(theta):

@@ -35,7 +35,7 @@ depths = (4, 8) if FAST else (4, 8, 16, 32, 64, 128, 256)
 # %% [markdown]
 # ## Three imbalance profiles with one limit
 #
-# [`node_flow.neural_ode.relaxed_balanced_weights`](../api/init.md#node_flow.neural_ode.relaxed_balanced_weights) builds a weight function $A(s)$ whose
+# [`node_flow.neural_ode.relaxed_balanced_weights`][] builds a weight function $A(s)$ whose
 # conservation law is exactly $\Lambda(s) = \lambda(s)I$; `same_z0=True` shifts it so that
 # every profile has the same $z_0 = \Phi(1,0)$. Its `.residual(L)` is the exactly relaxed
 # balanced depth-$L$ network.
@@ -49,8 +49,7 @@ profiles = {
     "λ = 2 cos 2πs": lambda s: 2.0 * jnp.cos(2 * jnp.pi * s),
 }
 weights = [
-    nf.neural_ode.relaxed_balanced_weights(key_w, n, lam, same_z0=True)
-    for lam in profiles.values()
+    nf.neural_ode.relaxed_balanced_weights(key_w, n, lam, same_z0=True) for lam in profiles.values()
 ]
 loss = nf.LeastSquares(
     jax.random.normal(key_x, (n, 2 * n)) / (2 * n) ** 0.5, jax.random.normal(key_y, (n, 2 * n))
@@ -70,6 +69,7 @@ limit = nf.intrinsic_flow(z0, loss, nf.kernels.neural_ode, T, ts=ts, **tol)
 #
 # One compiled flow per depth, vmapped over the three profiles (the networks are stacked
 # along a leading axis).
+
 
 # %%
 def stack(trees):

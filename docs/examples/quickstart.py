@@ -3,8 +3,8 @@
 #
 # A deep linear network $z = U_3U_2U_1$ is trained on a least-squares loss
 # $\ell(z) = \|zX - Y\|^2/(2N)$ twice: in parameter space, $\dot\theta = -\nabla L(\theta)$
-# ([`node_flow.gradient_flow`](../api/flows.md#node_flow.gradient_flow)), and directly in $z$ through its intrinsic kernel,
-# $\dot z = -K(z)\nabla\ell(z)$ ([`node_flow.intrinsic_flow`](../api/flows.md#node_flow.intrinsic_flow)). The start is *relaxed
+# ([`node_flow.gradient_flow`][]), and directly in $z$ through its intrinsic kernel,
+# $\dot z = -K(z)\nabla\ell(z)$ ([`node_flow.intrinsic_flow`][]). The start is *relaxed
 # balanced*, $U_{j+1}^\top U_{j+1} - U_jU_j^\top = \lambda_j I$, which is what makes the
 # kernel a function of $z$ alone (see [Concepts](../concepts.md)).
 #
@@ -46,7 +46,7 @@ print(f"max_t |z_param(t) - z_intrinsic(t)| = {gap:.2e}")
 assert gap < 1e-7, gap  # both are solved to 1e-10; z follows its own flow
 
 # %% [markdown]
-# Both solutions are [`node_flow.FlowSolution`](../api/flows.md#node_flow.FlowSolution)s: `ts`, `zs` (a leading time axis),
+# Both solutions are [`node_flow.FlowSolution`][]s: `ts`, `zs` (a leading time axis),
 # `losses`, `models` (the parameters at every save time, for the parameter flow), `stats`
 # and `result`. The conservation laws $C_j(t)$ stay at $\lambda_j I$:
 

@@ -6,7 +6,7 @@
 # on such an interval the loss is $\ell_k(z)$, the metric is
 # $M_{pq} = \sum_{e\in p\cap q} z_pz_q/\theta_e^2$, and it is a function of $z$ and the
 # conserved quantities $h_v = \sum_{e\to v}\theta_e^2 - \sum_{v\to e}\theta_e^2$ (one per
-# hidden neuron; THEORY §4). [`node_flow.relu.train`](../api/relu.md#node_flow.relu.train) trains interval by interval,
+# hidden neuron; THEORY §4). [`node_flow.relu.train`][] trains interval by interval,
 # locating each pattern change with a root-found diffrax event, and runs the intrinsic
 # flow $\dot z = -K(z, h_0)\nabla\ell_k(z)$ beside the parameter flow.
 
@@ -51,9 +51,9 @@ print(f"max relative |z_param - z_intrinsic| over all intervals: {float(zerr):.1
 # ## The metric is a function of $(z, h_0)$
 #
 # Along the whole trajectory, across every pattern change, the metric of the current
-# weights equals the kernel [`node_flow.relu.intrinsic_kernel`](../api/relu.md#node_flow.relu.intrinsic_kernel) rebuilt from $z(t)$ and
+# weights equals the kernel [`node_flow.relu.intrinsic_kernel`][] rebuilt from $z(t)$ and
 # the *initial* conservation laws alone (the squared weights are recovered by a convex
-# rescaling problem, [`node_flow.relu.recover_squares`](../api/relu.md#node_flow.relu.recover_squares)).
+# rescaling problem, [`node_flow.relu.recover_squares`][]).
 
 # %%
 models = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sol.models)

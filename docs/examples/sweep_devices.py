@@ -1,7 +1,7 @@
 # %% [markdown]
 # # A sweep over seeds on several devices
 #
-# [`node_flow.sweep`](../api/sweeps.md#node_flow.sweep) runs a function on every configuration of a grid as **one** compiled
+# [`node_flow.sweep`][] runs a function on every configuration of a grid as **one** compiled
 # `jax.vmap`, each batch sharded over a one-axis device mesh, results gathered next to their
 # configuration. Here: 16 random residual networks (a key and an imbalance each) trained by
 # gradient flow, on 4 devices.
@@ -23,7 +23,6 @@ import jax.numpy as jnp  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 import node_flow as nf  # noqa: E402
 
@@ -85,5 +84,6 @@ print(f"configuration 3: λ = {float(config['lam']):+.3f}, final loss {result['l
 fig, ax = plt.subplots(figsize=(5.5, 3.4))
 for lam, losses in zip(grid["lam"], res.results["losses"]):
     ax.semilogy(ts, losses, color=plt.cm.coolwarm(float(lam) + 0.5), lw=1)
-ax.set(xlabel="training time t", ylabel="loss", title=f"{num_configs} networks, {len(devices)} devices")
+title = f"{num_configs} networks, {len(devices)} devices"
+ax.set(xlabel="training time t", ylabel="loss", title=title)
 fig.tight_layout()
