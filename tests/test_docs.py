@@ -197,3 +197,21 @@ def test_internal_links_and_images_resolve(site):
                 if fragment not in ids_of[target]:
                     broken.append(f"{page.relative_to(site)} → {ref} (no such anchor)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_no_formula_is_left_unrendered(site):
+    """Outside code, every `$` of a docstring or page was turned into math by arithmatex:
+    a leftover `$` is a formula that will show as source (typically `$$…$$` inside a
+    paragraph, which needs blank lines around it). The examples are skipped: MathJax
+    typesets their `$…$` directly (docs/_static/mathjax.js)."""
+    leftover = []
+    for page in site.rglob("index.html"):
+        if "examples" in page.parts:
+            continue
+        soup = _soup(page)
+        for tag in soup.select(".arithmatex, pre, code, script, style"):
+            tag.decompose()
+        text = soup.get_text()
+        leftover += [f"{page.parent.relative_to(site)}: …{text[max(0, m.start() - 60) : m.start() + 20]!r}…"
+                     for m in re.finditer(r"\$", text)]  # fmt: skip
+    assert not leftover, "unrendered formulas:\n" + "\n".join(leftover)

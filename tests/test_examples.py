@@ -32,7 +32,7 @@ warnings.simplefilter("error")
 out, paths = sys.argv[1], sys.argv[2:]
 report = {}
 for path in paths:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         runpy.run_path(path, run_name="__main__")
         error = None
@@ -40,7 +40,11 @@ for path in paths:
         error = traceback.format_exc()
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
-    report[path] = {"error": error, "seconds": time.perf_counter() - start}
+    report[path] = {
+        "error": error,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+    }
     with open(out, "w") as f:
         json.dump(report, f)
 """
