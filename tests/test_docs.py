@@ -212,6 +212,7 @@ def test_no_formula_is_left_unrendered(site):
         for tag in soup.select(".arithmatex, pre, code, script, style"):
             tag.decompose()
         text = soup.get_text()
-        leftover += [f"{page.parent.relative_to(site)}: …{text[max(0, m.start() - 60) : m.start() + 20]!r}…"
-                     for m in re.finditer(r"\$", text)]  # fmt: skip
+        where = page.parent.relative_to(site)
+        for m in re.finditer(r"\$", text):
+            leftover.append(f"{where}: {text[max(0, m.start() - 60) : m.start() + 20]!r}")
     assert not leftover, "unrendered formulas:\n" + "\n".join(leftover)
