@@ -1,10 +1,11 @@
-"""Small utilities shared by the experiments: atomic writes, a resumable result store,
-a progress bar, and log–log slope fits. Never imported by the package."""
+"""Small utilities shared by the experiments: command-line checks, a resumable result store,
+a progress bar, and log–log slope fits. Never imported by the package. Files are written
+with the package's one atomic writer, `node_flow._io`."""
 
-import csv
+import argparse
 import hashlib
 import json
-import os
+import math
 import sys
 import tempfile
 import time
@@ -12,83 +13,104 @@ from pathlib import Path
 
 import numpy as np
 
+from node_flow._io import atomic_write_json
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and `os.replace`:
-    a reader never sees a half-written file, even if the run is killed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+# --- command-line checks: a bad flag is refused by argparse, naming it, before computing ----
+
+
+def _number(text: str, kind):
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+    return value
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin))
+def integer(low: int):
+    """An argparse type: an integer ≥ `low`."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {low}; got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
 
 
-def atomic_write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        atomic_write_text(path, "")
-        return
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _to_builtin(v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+def finite(text: str) -> float:
+    """An argparse type: a finite number."""
+    return _number(text, float)
 
 
-def atomic_savefig(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {value:g}")
+    return value
 
 
-def _to_builtin(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if hasattr(x, "tolist"):
-        return np.asarray(x).tolist()
-    return x
+def tolerance(text: str) -> float:
+    """An argparse type: a solver tolerance in (0, 1)."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a tolerance in (0, 1); got {value:g}")
+    return value
+
+
+def distinct(parser: argparse.ArgumentParser, flag: str, values) -> None:
+    """Refuse repeated values of a list flag."""
+    if values is not None and len(set(values)) != len(values):
+        parser.error(f"argument {flag}: repeated values {list(values)}; give each once")
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Refuse an `--out` folder that cannot be created or written, before any computation."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        parser.error(f"argument --out: cannot write to {out} ({e}); choose a writable folder")
+
+
+# --- results ---------------------------------------------------------------------------------
 
 
 class ResultStore:
-    """Finished entries of a study, one JSON file each under `out/runs/`, keyed by name
-    and tagged with a hash of the configuration: an interrupted run resumes from the
-    entries it finished; a changed configuration recomputes them."""
+    """Finished entries of a study, one JSON file each under `out/runs/`, keyed by name and
+    tagged with a hash of exactly what the entry depends on: an interrupted run resumes from
+    the entries it finished; an entry whose inputs changed is recomputed, and changing
+    anything else (post-processing flags, the list of other entries) recomputes nothing."""
 
-    def __init__(self, out: Path, config: dict):
+    def __init__(self, out: Path):
         self.dir = Path(out) / "runs"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        blob = json.dumps(config, sort_keys=True, default=str).encode()
-        self.tag = hashlib.sha256(blob).hexdigest()[:16]
 
-    def get(self, name: str):
+    @staticmethod
+    def tag(depends_on: dict) -> str:
+        blob = json.dumps(depends_on, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def get(self, name: str, depends_on: dict):
         path = self.dir / f"{name}.json"
         if not path.exists():
             return None
         try:
             entry = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
-        return entry["data"] if entry.get("config") == self.tag else None
+        return entry.get("data") if entry.get("config") == self.tag(depends_on) else None
 
-    def put(self, name: str, data) -> None:
-        atomic_write_json(self.dir / f"{name}.json", {"config": self.tag, "data": data})
+    def put(self, name: str, depends_on: dict, data) -> None:
+        entry = {"config": self.tag(depends_on), "depends_on": depends_on, "data": data}
+        atomic_write_json(self.dir / f"{name}.json", entry)
 
 
 class Progress:
@@ -116,14 +138,40 @@ class Progress:
 
 
 def fit_loglog(x, y) -> dict:
-    """Least-squares slope (and its standard error) of log y against log x."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    """Least-squares slope (and its standard error, NaN with only two points) of log y
+    against log x, over the points with y > 0 (an exact zero has no logarithm; the number
+    of points used is returned). Needs at least two distinct positive x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(np.unique(x)) < 2 or np.any(x <= 0):
+        raise ValueError(
+            f"fit_loglog: a log–log slope needs at least two distinct positive x; "
+            f"got x = {x.tolist()}"
+        )
+    keep = y > 0
+    if len(np.unique(x[keep])) < 2:
+        nan = float("nan")
+        return {"slope": nan, "stderr": nan, "intercept": nan, "points": int(keep.sum())}
+    lx, ly = np.log(x[keep]), np.log(y[keep])
     A = np.stack([lx, np.ones_like(lx)], axis=1)
-    coef, res, *_ = np.linalg.lstsq(A, ly, rcond=None)
+    coef, *_ = np.linalg.lstsq(A, ly, rcond=None)
     dof = len(lx) - 2
     if dof > 0:
         sigma2 = float(np.sum((A @ coef - ly) ** 2)) / dof
         stderr = float(np.sqrt(sigma2 * np.linalg.inv(A.T @ A)[0, 0]))
     else:
         stderr = float("nan")
-    return {"slope": float(coef[0]), "stderr": stderr, "intercept": float(coef[1])}
+    return {
+        "slope": float(coef[0]),
+        "stderr": stderr,
+        "intercept": float(coef[1]),
+        "points": len(lx),
+    }
+
+
+def slope_text(fit: dict) -> str:
+    """`-1.002 ± 0.003`, `-1.002 (2 points, no error estimate)`, or why there is no slope."""
+    if math.isnan(fit["slope"]):
+        return f"none (only {fit['points']} positive value(s) to fit)"
+    if math.isnan(fit["stderr"]):
+        return f"{fit['slope']:.3f} ({fit['points']} points, no error estimate)"
+    return f"{fit['slope']:.3f} ± {fit['stderr']:.3f}"

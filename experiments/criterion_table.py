@@ -18,17 +18,17 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
+from _study import check_out, distinct, integer, positive  # noqa: E402
+
+from node_flow._io import atomic_savefig, atomic_write, atomic_write_csv  # noqa: E402
 
 
 logger = logging.getLogger("criterion_table")
@@ -241,22 +241,6 @@ def run_scaling(args, rng):
 # --- outputs --------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
-def _csv(rows) -> bytes:
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def _fmt(value):
     if isinstance(value, float):
         return (
@@ -328,7 +312,7 @@ time limit per size {args.time_budget:.0f}s).
 """
 
 
-def heatmap(table) -> bytes:
+def heatmap(table):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,46 +338,56 @@ def heatmap(table) -> bytes:
     fig.colorbar(image, ax=ax, label="log10 residual")
     ax.set_title("Kernel-inclusion criterion: ✓ holds, ✗ fails, ? undecided")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The flags, each checked (and `--out` found writable) before anything is computed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/criterion"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-depth-linear", type=int, default=5, help="deep square L = 3..this")
+    parser.add_argument("--seed", type=integer(0), default=0)
+    parser.add_argument("--max-depth-linear", type=integer(3), default=5,
+                        help="deep square L = 3..this (≥ 3)")  # fmt: skip
     parser.add_argument(
         "--grid-cells",
-        type=int,
+        type=integer(1),
         nargs="+",
         default=[4, 8],
         help="cells m of the explicit-Euler (residual) neural-ODE grids",
     )
     parser.add_argument(
         "--rk4-cells",
-        type=int,
+        type=integer(1),
         nargs="*",
         default=[3],
         help="cells m of the RK4 neural-ODE grids (costly: deep brackets)",
     )
-    parser.add_argument("--scaling-n", type=int, nargs="+", default=[4, 8, 16, 24, 32, 48],
+    parser.add_argument("--scaling-n", type=integer(1), nargs="+", default=[4, 8, 16, 24, 32, 48],
                         help="two-layer widths n of the cost study (D = 2 n²)")  # fmt: skip
-    parser.add_argument("--time-budget", type=float, default=60.0,
+    parser.add_argument("--time-budget", type=positive, default=60.0,
                         help="stop the cost study after a size slower than this (s)")  # fmt: skip
     args = parser.parse_args(argv)
+    for flag in ("grid_cells", "rk4_cells", "scaling_n"):
+        distinct(parser, "--" + flag.replace("_", "-"), getattr(args, flag))
+    check_out(parser, args.out)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     jax.config.update("jax_enable_x64", True)
-    args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     table = run_table(args, rng)
     scaling = run_scaling(args, rng)
-    _atomic_write(args.out / "criterion_table.csv", _csv(table))
-    _atomic_write(args.out / "criterion_scaling.csv", _csv(scaling))
-    _atomic_write(args.out / "criterion_table.md", markdown(table, scaling, args).encode())
-    _atomic_write(args.out / "criterion_heatmap.png", heatmap(table))
+    atomic_write_csv(args.out / "criterion_table.csv", table)
+    atomic_write_csv(args.out / "criterion_scaling.csv", scaling)
+    atomic_write(args.out / "criterion_table.md", markdown(table, scaling, args))
+    fig = heatmap(table)
+    atomic_savefig(fig, args.out / "criterion_heatmap.png", dpi=120, bbox_inches=None)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     logger.info("wrote %s", args.out)
 
 

@@ -28,19 +28,27 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _study import (  # noqa: E402
-    atomic_savefig,
-    atomic_write_csv,
-    atomic_write_json,
+    check_out,
+    distinct,
+    finite,
     fit_loglog,
+    integer,
+    positive,
     Progress,
     ResultStore,
+    slope_text,
+    tolerance,
 )
 from jax.tree_util import Partial  # noqa: E402
 
 import node_flow as nf  # noqa: E402
+from node_flow._io import atomic_savefig, atomic_write_csv, atomic_write_json  # noqa: E402
 
 
 log = logging.getLogger("depth_limit")
+
+
+PROFILES = ("zero", "constant", "oscillating")
 
 
 def make_profiles(names, constant, amplitude):
@@ -51,9 +59,6 @@ def make_profiles(names, constant, amplitude):
         "constant": float(constant),
         "oscillating": lambda s: amplitude * jnp.cos(2 * jnp.pi * s),
     }
-    unknown = set(names) - set(table)
-    if unknown:
-        raise SystemExit(f"unknown λ profiles {sorted(unknown)}; choose from {sorted(table)}")
     return {name: table[name] for name in names}
 
 
@@ -135,28 +140,59 @@ def from_lists(d):
 
 
 def parse_args(argv=None):
+    """The flags, each checked (and `--out` found writable) before anything is computed."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depths", type=int, nargs="+", default=[2**k for k in range(2, 11)])
-    p.add_argument("--grid", type=int, nargs="*", default=[4, 8, 16, 32, 64])
-    p.add_argument("--width", type=int, default=3)
+    p.add_argument("--depths", type=integer(1), nargs="+", default=[2**k for k in range(2, 11)])
+    p.add_argument(
+        "--grid", type=integer(2), nargs="*", default=[4, 8, 16, 32, 64], help="cells m ≥ 2"
+    )
+    p.add_argument("--width", type=integer(1), default=3)
     p.add_argument(
         "--profiles",
         nargs="+",
-        default=["zero", "constant", "oscillating"],
+        choices=PROFILES,
+        default=list(PROFILES),
         help="λ(s) profiles among zero, constant, oscillating",
     )
-    p.add_argument("--lambda-constant", type=float, default=1.0)
-    p.add_argument("--lambda-amplitude", type=float, default=2.0)
-    p.add_argument("--T", type=float, default=2.0, help="training horizon")
-    p.add_argument("--saves", type=int, default=21, help="save points in [0, T]")
-    p.add_argument("--rtol", type=float, default=1e-10)
-    p.add_argument("--atol", type=float, default=1e-10)
-    p.add_argument("--grid-rtol", type=float, default=1e-9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit-from", type=int, default=16, help="smallest L in the slope fit")
+    p.add_argument("--lambda-constant", type=finite, default=1.0)
+    p.add_argument("--lambda-amplitude", type=finite, default=2.0)
+    p.add_argument("--T", type=positive, default=2.0, help="training horizon")
+    p.add_argument("--saves", type=integer(2), default=21, help="save points in [0, T]")
+    p.add_argument("--rtol", type=tolerance, default=1e-10)
+    p.add_argument("--atol", type=tolerance, default=1e-10)
+    p.add_argument("--grid-rtol", type=tolerance, default=1e-9)
+    p.add_argument("--seed", type=integer(0), default=0)
+    p.add_argument("--fit-from", type=integer(1), default=16, help="smallest L in the slope fit")
     p.add_argument("--out", type=Path, default=Path("results/depth_limit"))
     p.add_argument("--fresh", action="store_true", help="ignore finished entries")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag in ("depths", "grid", "profiles"):
+        distinct(p, f"--{flag}", getattr(args, flag))
+    args.depths, args.grid = sorted(args.depths), sorted(args.grid)
+    fitted = [L for L in args.depths if L >= args.fit_from]
+    if len(fitted) < 2:
+        p.error(
+            f"argument --fit-from: the slope fit needs at least two depths ≥ --fit-from = "
+            f"{args.fit_from}, and --depths {' '.join(map(str, args.depths))} has "
+            f"{len(fitted)}; lower --fit-from or add depths"
+        )
+    check_out(p, args.out)
+    return args
+
+
+# What each cached entry depends on: changing one of these flags recomputes the entries that
+# use it; any other flag (--depths, --grid, --fit-from, --out, --fresh) recomputes nothing.
+_PROBLEM = ("width", "profiles", "lambda_constant", "lambda_amplitude", "T", "saves", "seed")
+_DEPENDS_ON = {
+    "limit": _PROBLEM + ("rtol", "atol"),
+    "depth": _PROBLEM + ("rtol", "atol"),
+    "grid": _PROBLEM + ("grid_rtol",),
+}
+
+
+def depends_on(args, kind: str, size: int | None) -> dict:
+    """The inputs of one cached entry: the flags its computation reads, and its size."""
+    return {"kind": kind, "size": size, **{k: getattr(args, k) for k in _DEPENDS_ON[kind]}}
 
 
 def main(argv=None):
@@ -164,9 +200,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     start = time.time()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.pop("fresh")
-    store = ResultStore(args.out, {k: v for k, v in config.items() if k != "out"})
+    store = ResultStore(args.out)
 
     key_w, key_x, key_y = jax.random.split(jax.random.key(args.seed), 3)
     n = args.width
@@ -189,7 +223,8 @@ def main(argv=None):
     results, timings = {}, {}
     for kind, size in tasks:
         name = kind if size is None else f"{kind}_{size:05d}"
-        cached = None if args.fresh else store.get(name)
+        inputs = depends_on(args, kind, size)
+        cached = None if args.fresh else store.get(name, inputs)
         if cached is not None:
             results[name], timings[name] = from_lists(cached["result"]), cached["seconds"]
             bar.step(f"{name} (resumed)")
@@ -202,13 +237,12 @@ def main(argv=None):
         else:
             res = run_grid(size, weights, loss, ts, dict(rtol=args.grid_rtol, atol=args.grid_rtol))
         seconds = time.time() - t0
-        store.put(name, {"result": to_lists(res), "seconds": seconds})
+        store.put(name, inputs, {"result": to_lists(res), "seconds": seconds})
         results[name], timings[name] = res, seconds
         bar.step(f"{name} {seconds:5.1f}s")
 
     summary, rows = summarize(args, names, results, timings)
     summary["seconds_total"] = time.time() - start
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "summary.json", summary)
     atomic_write_csv(args.out / "runs.csv", rows)
     plot(args, names, results, summary)
@@ -335,7 +369,7 @@ def plot(args, names, results, summary):
                 d["error"],
                 "o-",
                 color=colors[p],
-                label=f"{p}: slope {f['slope']:.3f} ± {f['stderr']:.3f}",
+                label=f"{p}: slope {slope_text(f)}",
             )
         for key, c in summary["collapse"]["pairs"].items():
             ax.loglog(
@@ -364,9 +398,7 @@ def plot(args, names, results, summary):
     depth_panel(axes[0, 0])
     ax = axes[0, 1]
     for p, g in summary["grid"].items():
-        label = p + (
-            f": slope {g['fit']['slope']:.3f} ± {g['fit']['stderr']:.3f}" if "fit" in g else ""
-        )
+        label = p + (f": slope {slope_text(g['fit'])}" if "fit" in g else "")
         ax.loglog(g["m"], g["error"], "o-", color=colors[p], label=label)
     integer_ticks(ax, args.grid)
     ax.set_xlabel("grid cells m")
@@ -473,23 +505,20 @@ def integer_ticks(ax, values):
 
 def report(summary):
     for p, d in summary["depth"].items():
-        f = d["fit"]
         log.info(
-            "depth slope %-12s %.3f ± %.3f   (all L: %.3f)",
+            "depth slope %-12s %s   (all L: %.3f)",
             p,
-            f["slope"],
-            f["stderr"],
+            slope_text(d["fit"]),
             d["fit_all"]["slope"],
         )
     for key, c in summary["collapse"]["pairs"].items():
-        log.info("collapse %-22s slope %.3f ± %.3f", key, c["fit"]["slope"], c["fit"]["stderr"])
+        log.info("collapse %-22s slope %s", key, slope_text(c["fit"]))
     for p, g in summary["grid"].items():
         if "fit" in g:
             log.info(
-                "grid slope %-12s %.3f ± %.3f; Λ drift interior %.3f, ends %.3f",
+                "grid slope %-12s %s; Λ drift interior %.3f, ends %.3f",
                 p,
-                g["fit"]["slope"],
-                g["fit"]["stderr"],
+                slope_text(g["fit"]),
                 g["fit_lambda_drift_interior"]["slope"],
                 g["fit_lambda_drift_ends"]["slope"],
             )

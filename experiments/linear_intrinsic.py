@@ -23,33 +23,67 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _study import atomic_savefig, atomic_write_json, Progress  # noqa: E402
+from _study import check_out, finite, integer, positive, Progress, tolerance  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 
 import node_flow as nf  # noqa: E402
+from node_flow._io import atomic_savefig, atomic_write_json  # noqa: E402
 
 
 log = logging.getLogger("linear_intrinsic")
 
 
 def parse_args(argv=None):
+    """The flags, each checked (and `--out` found writable) before anything is computed."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--width", type=int, default=4)
+    p.add_argument("--depth", type=integer(2), default=4, help="number of layers L ≥ 2")
+    p.add_argument("--width", type=integer(1), default=4)
     p.add_argument(
         "--lambdas",
-        type=float,
+        type=finite,
         nargs="*",
         default=None,
         help="the L − 1 imbalances of the relaxed balanced start (default: mixed signs)",
     )
-    p.add_argument("--T", type=float, default=3.0)
-    p.add_argument("--saves", type=int, default=61)
-    p.add_argument("--rtol", type=float, default=1e-10)
-    p.add_argument("--atol", type=float, default=1e-10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--T", type=positive, default=3.0, help="training horizon")
+    p.add_argument("--saves", type=integer(2), default=61, help="save points in [0, T]")
+    p.add_argument("--rtol", type=tolerance, default=1e-10)
+    p.add_argument("--atol", type=tolerance, default=1e-10)
+    p.add_argument("--seed", type=integer(0), default=0)
     p.add_argument("--out", type=Path, default=Path("results/linear"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lambdas is not None and len(args.lambdas) != args.depth - 1:
+        p.error(
+            f"argument --lambdas: needs depth − 1 = {args.depth - 1} values; "
+            f"got {len(args.lambdas)}"
+        )
+    check_out(p, args.out)
+    try:
+        problem(args)
+    except ValueError as e:  # e.g. imbalances no relaxed balanced network has
+        p.error(f"argument --lambdas: {e}")
+    return args
+
+
+def problem(args):
+    """The imbalances, the three initial networks with their λ, and the loss."""
+    L, n = args.depth, args.width
+    lam = (
+        np.array(args.lambdas, float)
+        if args.lambdas is not None
+        else 0.4 * np.cos(np.arange(L - 1) * 2.1 + 0.3)  # mixed signs
+    )
+    k_bal, k_rel, k_gau, k_x, k_y = jax.random.split(jax.random.key(args.seed), 5)
+    widths = (n,) * (L + 1)
+    starts = {
+        "balanced": (nf.init.balanced(k_bal, widths, 0.9), jnp.zeros(L - 1)),
+        "relaxed balanced": (nf.init.relaxed_balanced(k_rel, widths, lam, 0.9), jnp.asarray(lam)),
+        "gaussian": (nf.init.gaussian(k_gau, widths, std=0.9 / n**0.5 * 1.1), jnp.zeros(L - 1)),
+    }
+    loss = nf.LeastSquares(
+        jax.random.normal(k_x, (n, 2 * n)) / (2 * n) ** 0.5, jax.random.normal(k_y, (n, 2 * n))
+    )
+    return lam, starts, loss
 
 
 def conservation_drift(models, net0) -> float:
@@ -65,26 +99,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     start = time.time()
-    L, n = args.depth, args.width
-    if L < 2:
-        raise SystemExit("--depth must be at least 2")
-    lam = (
-        np.array(args.lambdas, float)
-        if args.lambdas is not None
-        else 0.4 * np.cos(np.arange(L - 1) * 2.1 + 0.3)  # mixed signs
-    )
-    if lam.shape != (L - 1,):
-        raise SystemExit(f"--lambdas needs depth − 1 = {L - 1} values; got {lam.size}")
-    k_bal, k_rel, k_gau, k_x, k_y = jax.random.split(jax.random.key(args.seed), 5)
-    widths = (n,) * (L + 1)
-    starts = {
-        "balanced": (nf.init.balanced(k_bal, widths, 0.9), jnp.zeros(L - 1)),
-        "relaxed balanced": (nf.init.relaxed_balanced(k_rel, widths, lam, 0.9), jnp.asarray(lam)),
-        "gaussian": (nf.init.gaussian(k_gau, widths, std=0.9 / n**0.5 * 1.1), jnp.zeros(L - 1)),
-    }
-    loss = nf.LeastSquares(
-        jax.random.normal(k_x, (n, 2 * n)) / (2 * n) ** 0.5, jax.random.normal(k_y, (n, 2 * n))
-    )
+    n = args.width
+    lam, starts, loss = problem(args)
     ts = jnp.linspace(0.0, args.T, args.saves)
     tol = dict(rtol=args.rtol, atol=args.atol)
     bar = Progress(len(starts), "linear")

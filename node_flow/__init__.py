@@ -9,9 +9,11 @@ from . import (
     init as init,
     kernels as kernels,
     neural_ode as neural_ode,
+    plot as plot,
     relu as relu,
 )
 from ._conservation import conservation_laws as conservation_laws
+from ._effective_rank import effective_rank as effective_rank
 from ._flow import (
     FlowError as FlowError,
     gradient_flow as gradient_flow,
@@ -19,7 +21,11 @@ from ._flow import (
 )
 from ._lifting import AbstractLifting as AbstractLifting
 from ._linear import LinearNetwork as LinearNetwork
-from ._loss import LeastSquares as LeastSquares
+from ._loss import (
+    LeastSquares as LeastSquares,
+    MatrixCompletion as MatrixCompletion,
+    MatrixSensing as MatrixSensing,
+)
 from ._metric import metric as metric
 from ._neural_ode import LinearNeuralODE as LinearNeuralODE
 from ._residual import ResidualLinearNetwork as ResidualLinearNetwork

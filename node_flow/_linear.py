@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._chain import chain_product, chain_product_reverse
-from ._checks import check_finite
+from ._inputs import as_real_array
 from ._lifting import AbstractLifting
 
 
@@ -35,19 +35,24 @@ class LinearNetwork(AbstractLifting):
         if isinstance(weights, (jax.Array, np.ndarray)) and jnp.ndim(weights) == 3:
             weights = tuple(weights)
         if not isinstance(weights, (tuple, list)) or len(weights) == 0:
+            hint = " (a single matrix U is the network (U,))" if np.ndim(weights) == 2 else ""
             raise TypeError(
                 "LinearNetwork: `weights` must be a non-empty tuple of 2-D arrays "
-                f"U_1, ..., U_L; got {type(weights).__name__}."
+                f"U_1, ..., U_L; got {type(weights).__name__}{hint}."
             )
-        self.weights = tuple(jnp.asarray(U) for U in weights)
+        self.weights = tuple(
+            as_real_array("LinearNetwork", f"weights[{j - 1}] (U_{j})", U, ndim=2)
+            for j, U in enumerate(weights, start=1)
+        )
         self.reverse_only = reverse_only
 
     def __check_init__(self):
-        for j, U in enumerate(self.weights, start=1):
-            if U.ndim != 2:
-                raise ValueError(f"LinearNetwork: U_{j} must be a matrix; got shape {U.shape}.")
-            if not jnp.issubdtype(U.dtype, jnp.inexact):
-                raise TypeError(f"LinearNetwork: U_{j} must have a floating dtype; got {U.dtype}.")
+        dtypes = {U.dtype for U in self.weights}
+        if len(dtypes) > 1:
+            raise TypeError(
+                f"LinearNetwork: the factors mix dtypes {sorted(map(str, dtypes))}; cast them "
+                "to one floating dtype."
+            )
         for j in range(1, len(self.weights)):
             out_prev, in_next = self.weights[j - 1].shape[0], self.weights[j].shape[1]
             if out_prev != in_next:
@@ -55,7 +60,6 @@ class LinearNetwork(AbstractLifting):
                     f"LinearNetwork: mismatched widths: U_{j} has {out_prev} rows but "
                     f"U_{j + 1} has {in_next} columns (U_{j + 1} U_{j} is undefined)."
                 )
-        check_finite("LinearNetwork weights", self.weights)
 
     @property
     def depth(self) -> int:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._chain import chain_product, chain_product_reverse
-from ._checks import check_finite
+from ._inputs import as_real_array
 from ._lifting import AbstractLifting
 from ._linear import LinearNetwork
 
@@ -27,15 +27,12 @@ class ResidualLinearNetwork(AbstractLifting):
     reverse_only: bool = eqx.field(static=True)
 
     def __init__(self, A, *, reverse_only: bool = False):
-        A = jnp.asarray(A)
-        if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
+        A = as_real_array("ResidualLinearNetwork", "A", A, ndim=3)
+        if A.shape[1] != A.shape[2]:
             raise ValueError(
                 "ResidualLinearNetwork: `A` must be a stack of square matrices of shape "
-                f"(L, n, n) with L ≥ 1; got {A.shape}."
+                f"(L, n, n) with L ≥ 1; got shape {A.shape}."
             )
-        if not jnp.issubdtype(A.dtype, jnp.floating):
-            raise TypeError(f"ResidualLinearNetwork: `A` must be floating; got {A.dtype}.")
-        check_finite("ResidualLinearNetwork A", A)
         self.A = A
         self.reverse_only = reverse_only
 

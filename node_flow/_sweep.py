@@ -5,6 +5,8 @@ axis. Batches of $B$ configurations are placed on a one-axis device mesh with a
 `NamedSharding`; the jit-compiled `vmap(f)` then runs data-parallel, XLA's SPMD partitioner
 giving each device its $B/D$ configurations. One compiled function serves every batch;
 finished batches can be written to disk (`_sweep_store.py`) and a rerun resumes from them.
+Configurations whose result code (e.g. `FlowSolution.result`) says they failed are listed in
+`SweepResult.failed`, never passed off as numbers.
 """
 
 import logging
@@ -14,19 +16,26 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
+import optimistix as optx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
+from ._solution import RESULTS
 from ._sweep_store import fingerprint, SweepStore
 
 
 _log = logging.getLogger("node_flow.sweep")
 _AXIS = "batch"
+# The result enumerations recognised in the output of `fn` (an item of any of them is a
+# result code: `FlowSolution.result`, `diffrax.Solution.result`, ...).
+_ENUMERATIONS = (RESULTS, diffrax.RESULTS, optx.RESULTS, lx.RESULTS)
 
 
 class SweepResult(eqx.Module):
@@ -42,6 +51,14 @@ class SweepResult(eqx.Module):
     - `batch_size`: configurations per batch (a multiple of the number of devices).
     - `computed`, `loaded`: the indices of the batches computed by this call and of those
       read back from `out`.
+    - `failed`: `{index: reason}` for every configuration that failed. When the output of
+      `fn` holds result codes (a [`node_flow.FlowSolution`][]'s `.result`, or any
+      [`node_flow.RESULTS`][], `diffrax.RESULTS`, `optimistix.RESULTS` or
+      `lineax.RESULTS`), a configuration fails when one of its codes is neither
+      `successful` nor `event_occurred`, and the reason is the code's message. Without
+      result codes, a configuration fails when a floating-point result is NaN or infinite.
+      The rows of failed configurations in `results` are what `fn` returned (e.g. `inf`
+      after the failure time): check `failed` before using them.
     """
 
     configs: PyTree[Any]
@@ -50,6 +67,7 @@ class SweepResult(eqx.Module):
     batch_size: int = eqx.field(static=True)
     computed: tuple[int, ...] = eqx.field(static=True)
     loaded: tuple[int, ...] = eqx.field(static=True)
+    failed: dict[int, str] = eqx.field(static=True)
 
     def __len__(self) -> int:
         return jax.tree.leaves(self.results)[0].shape[0]
@@ -125,10 +143,126 @@ def _run_batch(fn, leaves, treedef, impls, sharding):
     return jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, sharding), out)
 
 
+def _trace(fn, treedef, leaves, impls):
+    """One trace of `fn` on the first configuration: its jaxpr (for the fingerprint) and the
+    structure of its output, checked to be a pytree of arrays."""
+    first = [jnp.asarray(x[0]) for x in leaves]
+    rest = []
+
+    def arrays_only(config_leaves):
+        out = fn(_unflatten_config(treedef, config_leaves, impls))
+        arrays, others = eqx.partition(out, eqx.is_array)
+        rest.append(others)
+        return arrays
+
+    closed, struct = jax.make_jaxpr(arrays_only, return_shape=True)(first)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(rest[0])[0]:
+        raise TypeError(
+            f"sweep: `fn` must return a pytree of arrays; its output at "
+            f"{jax.tree_util.keystr(path)} is a {type(leaf).__name__}."
+        )
+    leaves_out = jax.tree_util.tree_flatten_with_path(struct)[0]
+    if not leaves_out:
+        raise ValueError("sweep: `fn` returns no arrays; return a pytree of arrays.")
+    for path, leaf in leaves_out:
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"sweep: `fn` returns a PRNG key at {jax.tree_util.keystr(path)}; return "
+                "`jax.random.key_data(key)` instead."
+            )
+    return closed, struct
+
+
+def _is_code(x) -> bool:
+    return isinstance(x, _ENUMERATIONS)
+
+
+def _result_codes(struct) -> list[tuple[str, Any, Any, int]]:
+    """`(where, enumeration, structure, leaf position)` of every result code in the output."""
+    codes, position = [], 0
+    for path, slot in jax.tree_util.tree_flatten_with_path(struct, is_leaf=_is_code)[0]:
+        if _is_code(slot):
+            enum = next(e for e in _ENUMERATIONS if isinstance(slot, e))
+            codes.append((jax.tree_util.keystr(path), enum, jax.tree.structure(slot), position))
+        position += len(jax.tree.leaves(slot))
+    return codes
+
+
+def _failures(struct, columns: list[np.ndarray]) -> dict[int, str]:
+    """`{configuration: reason}` from the result codes in the output, or, without any, from
+    non-finite floating-point results."""
+    codes = _result_codes(struct)
+    reasons: dict[int, list[str]] = {}
+    for where, enum, structure, position in codes:
+        ok = [getattr(enum, "successful"), getattr(enum, "event_occurred", None)]
+        ok = [int(jax.tree.leaves(item)[0]) for item in ok if item is not None]
+        column = columns[position].reshape(len(columns[position]), -1)
+        for i in np.flatnonzero(~np.all(np.isin(column, ok), axis=1)):
+            for code in np.unique(column[i][~np.isin(column[i], ok)]):
+                message = enum[jax.tree.unflatten(structure, [np.asarray(code)])]
+                reasons.setdefault(int(i), []).append(
+                    f"{where}: {message}" if len(codes) > 1 else message
+                )
+    if not codes:
+        paths = [
+            jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(struct)[0]
+        ]
+        for where, column in zip(paths, columns):
+            if not jnp.issubdtype(column.dtype, jnp.inexact):
+                continue
+            rows = ~np.all(np.isfinite(column.reshape(len(column), -1)), axis=1)
+            for i in np.flatnonzero(rows):
+                reasons.setdefault(int(i), []).append(
+                    f"non-finite result at {where or 'the output'} (`fn` returns no result "
+                    "code, such as a FlowSolution with throw=False, to say why)"
+                )
+    return {i: "; ".join(r) for i, r in sorted(reasons.items())}
+
+
 def _to_host(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _error_message(error: Exception) -> str:
+    """The message of a runtime error without equinox's traceback preamble and advice."""
+    text = str(error).strip()
+    marker = "EquinoxRuntimeError: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.split("\n\n", 1)[0].strip() or type(error).__name__
+
+
+def _compute_batch(fn, k, size, leaves, treedef, impls, sharding):
+    """Batch `k`: its results on the host (padding dropped) and on the devices (sharded)."""
+    num_configs = leaves[0].shape[0]
+    start, stop = k * size, min((k + 1) * size, num_configs)
+    tic = time.perf_counter()
+    rows = [x[start:stop] for x in leaves]
+    pad = size - (stop - start)
+    if pad:
+        rows = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in rows]
+    placed = [jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i]) for x in rows]
+    try:
+        on_devices = _run_batch(fn, placed, treedef, impls, sharding)
+        host = [_to_host(y)[: stop - start] for y in jax.tree.leaves(on_devices)]
+    except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as e:
+        raise RuntimeError(
+            f"sweep: batch {k} (configurations {start}-{stop - 1}) raised an error: "
+            f"{_error_message(e)} Finished batches are kept in `out` (if given). To record "
+            "failures per configuration instead, run the flows inside `fn` with `throw=False` and "
+            "return their FlowSolution (or its `.result`): failed configurations are then "
+            "listed in `SweepResult.failed`."
+        ) from e
+    _log.info(
+        "sweep: batch %d (configurations %d-%d) in %.2f s",
+        k,
+        start,
+        stop - 1,
+        time.perf_counter() - tic,
+    )
+    return host, on_devices
 
 
 def _batch_size(batch_size, num_configs, num_devices) -> int:
@@ -174,7 +308,16 @@ def sweep(
     With `out`, each finished batch is written to `out/batch_00000.npz`, ... (temporary file
     and `os.replace`, so a killed sweep leaves only whole files) next to `out/sweep.json`, a
     fingerprint of the sweep; a rerun checks the fingerprint, loads the finished batches and
-    computes only the missing ones. Progress goes to the `logging` logger `"node_flow.sweep"`.
+    computes only the missing ones. The fingerprint covers what determines the results: a
+    SHA-256 of the jaxpr of `fn` traced on one configuration (its operations, shapes and
+    literals) and of the values of its constants (closed-over arrays, `eqx.Module` fields,
+    `jax.tree_util.Partial` arguments), and of the grid's values; not the function's name.
+    Progress goes to the `logging` logger `"node_flow.sweep"`.
+
+    Failures are data, not numbers: run flows inside `fn` with `throw=False` and return the
+    [`node_flow.FlowSolution`][] (or its `.result`); configurations whose result code is not
+    successful are stored with it and listed in `SweepResult.failed` with the reason. A
+    failure raised inside a batch (e.g. `throw=True`) is a `RuntimeError` naming the batch.
 
     Results equal those of `jax.jit(fn)` on each configuration alone, bit for bit, whenever
     XLA compiles the batched and single programs to the same arithmetic. On CPU this holds
@@ -199,13 +342,15 @@ def sweep(
       `ValueError` otherwise). Default: all $N$, rounded up to a multiple of the devices.
       Smaller batches bound memory and make an interrupted sweep lose less work.
     - `out`: a folder for finished batches and the manifest, to resume an interrupted sweep.
-      A folder holding a different sweep is a `ValueError` naming what differs.
+      A folder holding a different sweep is a `ValueError` naming what differs; a damaged
+      batch file is a `ValueError` naming the file (delete it to recompute that batch).
     - `on_batch`: optional `(index, results) ↦ None`, called after each computed batch (and
       after it is written) with the batch's results still on the devices, sharded, $B$ rows
       including any padding. For progress bars or streaming elsewhere.
 
     **Returns:** a [`node_flow.SweepResult`][] with `configs`, `results` (leading axis $N$),
-    `sharding`, `batch_size` and which batches were `computed` and `loaded`.
+    `sharding`, `batch_size`, which batches were `computed` and `loaded`, and the `failed`
+    configurations.
     """
     if not callable(fn):
         raise TypeError(f"sweep: `fn` must be callable (configuration ↦ results); got {fn!r}.")
@@ -219,26 +364,14 @@ def sweep(
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
 
-    first = _unflatten_config(treedef, [jnp.asarray(x[0]) for x in leaves], impls)
-    result_struct = eqx.filter_eval_shape(fn, first)
+    closed, result_struct = _trace(fn, treedef, leaves, impls)
     result_leaves, result_treedef = jax.tree.flatten(result_struct)
-    if not result_leaves:
-        raise ValueError("sweep: `fn` returns no arrays; return a pytree of arrays.")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(result_struct)[0]:
-        if not isinstance(leaf, jax.ShapeDtypeStruct):
-            raise TypeError(
-                f"sweep: `fn` must return a pytree of arrays; its output at "
-                f"{jax.tree_util.keystr(path)} is a {type(leaf).__name__}."
-            )
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            raise TypeError(
-                f"sweep: `fn` returns a PRNG key at {jax.tree_util.keystr(path)}; return "
-                "`jax.random.key_data(key)` instead."
-            )
 
     store = None
     if out is not None:
-        manifest = fingerprint(fn, treedef, leaves, impls, result_treedef, result_leaves, size)
+        manifest = fingerprint(
+            fn, closed, treedef, leaves, impls, result_treedef, result_leaves, size
+        )
         store = SweepStore(out, manifest, write=jax.process_index() == 0)
     done = store.done(num_batches) if store is not None else [False] * num_batches
     if jax.process_count() > 1:
@@ -253,46 +386,36 @@ def sweep(
         num_devices,
         f", {sum(done)} already in {out}" if any(done) else "",
     )
-    parts: list[list[np.ndarray]] = []
-    computed, loaded = [], []
+    # Read every finished batch first: a damaged file is reported before any computation.
+    parts: dict[int, list[np.ndarray]] = {}
+    for k in [k for k in range(num_batches) if done[k]]:
+        rows = min(size, num_configs - k * size)
+        expected = [((rows, *x.shape), np.dtype(x.dtype)) for x in result_leaves]
+        parts[k] = store.load(k, expected)
     for k in range(num_batches):
-        start, stop = k * size, min((k + 1) * size, num_configs)
-        if done[k]:
-            expected = [((stop - start, *x.shape), np.dtype(x.dtype)) for x in result_leaves]
-            parts.append(store.load(k, expected))
-            loaded.append(k)
-            continue
-        tic = time.perf_counter()
-        rows = [x[start:stop] for x in leaves]
-        pad = size - (stop - start)
-        if pad:
-            rows = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in rows]
-        placed = [
-            jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i]) for x in rows
-        ]
-        batch_out = _run_batch(fn, placed, treedef, impls, sharding)
-        host = [_to_host(y)[: stop - start] for y in jax.tree.leaves(batch_out)]
-        if store is not None:
-            store.save(k, host)
-        parts.append(host)
-        computed.append(k)
-        _log.info(
-            "sweep: batch %d/%d (configurations %d-%d) in %.2f s",
-            k + 1,
-            num_batches,
-            start,
-            stop - 1,
-            time.perf_counter() - tic,
-        )
-        if on_batch is not None:
-            on_batch(k, batch_out)
+        if not done[k]:
+            parts[k], on_devices = _compute_batch(fn, k, size, leaves, treedef, impls, sharding)
+            if store is not None:
+                store.save(k, parts[k])
+            if on_batch is not None:
+                on_batch(k, on_devices)
 
-    results = [np.concatenate(column) for column in zip(*parts)]
+    results = [np.concatenate(column) for column in zip(*(parts[k] for k in range(num_batches)))]
+    failed = _failures(result_struct, results)
+    if failed:
+        _log.warning(
+            "sweep: %d of %d configurations failed (listed in SweepResult.failed), e.g. "
+            "configuration %d: %s",
+            len(failed),
+            num_configs,
+            *next(iter(failed.items())),
+        )
     return SweepResult(
         configs=grid,
         results=jax.tree.unflatten(result_treedef, results),
         sharding=sharding,
         batch_size=size,
-        computed=tuple(computed),
-        loaded=tuple(loaded),
+        computed=tuple(k for k in range(num_batches) if not done[k]),
+        loaded=tuple(k for k in range(num_batches) if done[k]),
+        failed=failed,
     )

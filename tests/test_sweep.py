@@ -11,11 +11,16 @@ import socket
 import subprocess
 import sys
 
+import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
+from jax.tree_util import Partial
 
+import node_flow as nf
 from node_flow._sweep import sweep, SweepResult
 
 
@@ -26,10 +31,13 @@ from node_flow._sweep import sweep, SweepResult
 # sum in another order (seen: 3e-14 at 2 or 3 configurations per device).
 _SETUP = """
 import json, os, signal, sys, time
+import diffrax
+import equinox as eqx
 import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import node_flow as nf
 from node_flow._sweep import sweep
 
@@ -218,12 +226,15 @@ def test_sweep_rejects_bad_input_with_clear_errors(four_devices):
 
 _DISTRIBUTED = """
 import json, sys
+import diffrax
+import equinox as eqx
 import jax
 jax.config.update("jax_enable_x64", True)
 process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process)
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from node_flow._sweep import sweep
 fn = lambda c: {"y": jnp.sin(c["x"]) * c["s"], "n": jnp.sum(c["x"] ** 2)}
 grid = {"x": jnp.arange(30.0).reshape(10, 3), "s": jnp.arange(10.0)}
@@ -351,3 +362,178 @@ def test_sweep_rejects_malformed_grids(grid, match):
     """Every leaf is an array with the same leading length N ≥ 1."""
     with pytest.raises((ValueError, TypeError), match=match):
         sweep(lambda c: c, grid)
+
+
+# --- resuming: the fingerprint is the computation, not the name -----------------------------
+
+
+def _make_named(scale):
+    def f(x):  # the same qualified name for every scale: only the body's constant differs
+        return scale * x
+
+    return f
+
+
+def _times(a, x):
+    return a * x
+
+
+class _Scaled(eqx.Module):
+    a: jax.Array
+    power: int = eqx.field(static=True)
+
+    def __call__(self, x):
+        return self.a * x**self.power
+
+
+_CHANGED = {
+    "another lambda body": (lambda x: 2.0 * x, lambda x: 3.0 * x),
+    "same name, other body": (_make_named(2.0), _make_named(3.0)),
+    "closure over another 0-d array": (
+        _make_named(jnp.array([2.0, 1.0])[0]),
+        _make_named(jnp.array([3.0, 1.0])[0]),
+    ),
+    "closure over another vector": (
+        _make_named(jnp.array([1.0, 2.0])),
+        _make_named(jnp.array([1.0, 2.5])),
+    ),
+    "Partial with another array": (
+        Partial(_times, jnp.array(2.0)),
+        Partial(_times, jnp.array(3.0)),
+    ),
+    "Partial with another float": (Partial(_times, 2.0), Partial(_times, 3.0)),
+    "Module with another field": (_Scaled(jnp.array(2.0), 1), _Scaled(jnp.array(3.0), 1)),
+    "Module with another static field": (_Scaled(jnp.array(2.0), 1), _Scaled(jnp.array(2.0), 2)),
+    "last bit of a constant": (lambda x: x * 0.1, lambda x: x * np.nextafter(0.1, 1.0)),
+}
+
+
+@pytest.mark.parametrize("first, second", _CHANGED.values(), ids=list(_CHANGED))
+def test_sweep_resume_refuses_a_function_that_computes_something_else(tmp_path, first, second):
+    """Issue 12: `sweep(lambda x: 2*x, g, out=d)` then `sweep(lambda x: 3*x, g, out=d)`
+    returned the first sweep's results, only the name being fingerprinted. Every variant that
+    changes the results (body, closed-over constants, `Partial` arguments, module fields) is
+    refused naming the computation; in a fresh folder the second function's own values come
+    back (checked against NumPy on the host)."""
+    grid = jnp.arange(1.0, 5.0)
+    sweep(first, grid, batch_size=2, out=tmp_path / "run")
+    with pytest.raises(ValueError, match="different sweep.*computation.*computes something else"):
+        sweep(second, grid, batch_size=2, out=tmp_path / "run")
+    fresh = sweep(second, grid, batch_size=2, out=tmp_path / "fresh")
+    expected = np.asarray([np.asarray(second(x)) for x in np.arange(1.0, 5.0)])
+    assert np.array_equal(fresh.results, expected)
+    assert not np.array_equal(fresh.results, np.asarray([first(x) for x in np.arange(1.0, 5.0)]))
+
+
+def test_sweep_resume_accepts_the_same_computation_under_another_name(tmp_path):
+    """The name is not the identity: the same computation defined again (another lambda,
+    a named function, the same closure rebuilt) resumes from every stored batch."""
+
+    def double(x):
+        return 2.0 * x
+
+    grid = jnp.arange(4.0)
+    sweep(lambda x: 2.0 * x, grid, batch_size=2, out=tmp_path)
+    again = sweep(double, grid, batch_size=2, out=tmp_path)
+    assert again.computed == () and again.loaded == (0, 1)
+    rebuilt = sweep(_make_named(2.0), grid, batch_size=2, out=tmp_path)
+    assert rebuilt.loaded == (0, 1)
+
+
+# --- failures are data, not numbers ---------------------------------------------------------
+
+
+def test_sweep_lists_failed_flows_with_their_result_code_and_stores_it(tmp_path):
+    """Issue 12: a failed flow inside a sweep came back (and was stored) as `inf`. Flows with
+    `throw=False` and `max_steps=40`: a learning rate of 1e4 makes the explicit solver
+    stiff (thousands of steps), 1 or 2 needs a handful. Exactly the stiff configurations are
+    listed in `failed`, with the message of `RESULTS.max_steps_reached`; the others finish
+    with finite losses; a rerun reads the codes back from disk."""
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    net = nf.init.gaussian(k1, (2, 2, 2))
+    loss = nf.LeastSquares(jax.random.normal(k2, (2, 3)), jax.random.normal(k3, (2, 3)))
+
+    def flow(rate):
+        return nf.gradient_flow(net, loss, 1.0, time_scale=rate, max_steps=40, throw=False)
+
+    rates = jnp.array([1.0, 1e4, 2.0, 1e4, 1.0])
+    first = sweep(flow, rates, batch_size=2, out=tmp_path)
+    assert set(first.failed) == {1, 3}
+    assert first.failed[1] == nf.RESULTS[nf.RESULTS.max_steps_reached] == first.failed[3]
+    assert np.all(np.isfinite(first.results.losses[[0, 2, 4]]))
+    again = sweep(flow, rates, batch_size=2, out=tmp_path)
+    assert again.loaded == (0, 1, 2) and again.failed == first.failed
+
+
+def test_sweep_names_each_failing_code_and_counts_events_as_success():
+    """Several result codes in one output: a configuration fails when any code is neither
+    `successful` nor `event_occurred`, and the reason names where each failing code is."""
+
+    def fn(x):
+        flow = nf.RESULTS.where(x > 1.5, nf.RESULTS.blew_up, nf.RESULTS.successful)
+        event = diffrax.RESULTS.event_occurred
+        solve = diffrax.RESULTS.where(x < 0.5, event, diffrax.RESULTS.successful)
+        diverged = optx.RESULTS.nonlinear_divergence
+        root = optx.RESULTS.where(x > 2.5, diverged, optx.RESULTS.successful)
+        return {"y": x, "flow": flow, "root": root, "solve": solve}
+
+    res = sweep(fn, jnp.array([0.0, 1.0, 2.0, 3.0]))
+    assert sorted(res.failed) == [2, 3]
+    assert res.failed[2] == "['flow']: " + nf.RESULTS[nf.RESULTS.blew_up]
+    assert "['root']: " + optx.RESULTS[optx.RESULTS.nonlinear_divergence] in res.failed[3]
+    assert "['flow']: " in res.failed[3]
+
+
+def test_sweep_without_result_codes_lists_non_finite_results_as_failed():
+    """Without a result code in the output, a NaN or infinite result marks its configuration
+    as failed (log of 0 and of a negative number), and says that no code tells why."""
+    res = sweep(lambda x: {"log": jnp.log(x), "n": jnp.int32(1)}, jnp.array([1.0, -1.0, 0.0, 2.0]))
+    assert sorted(res.failed) == [1, 2]
+    assert "non-finite result at ['log']" in res.failed[1]
+    assert "throw=False" in res.failed[2]
+
+
+def test_sweep_names_the_batch_that_raised_and_keeps_the_finished_ones(tmp_path):
+    """An error raised at run time inside a batch (a flow with `throw=True`, here
+    `eqx.error_if`) is a RuntimeError naming the batch, its configurations, the original
+    message and the `throw=False` alternative; the finished batch stays on disk."""
+    fn = lambda x: eqx.error_if(x, x > 2.5, "x is too large")
+    with pytest.raises(RuntimeError, match=r"batch 1 \(configurations 2-3\).*x is too large"):
+        sweep(fn, jnp.arange(4.0), batch_size=2, out=tmp_path)
+    assert (tmp_path / "batch_00000.npz").exists() and not (tmp_path / "batch_00001.npz").exists()
+    with pytest.raises(RuntimeError, match="throw=False.*SweepResult.failed"):
+        sweep(fn, jnp.arange(4.0), batch_size=2, out=tmp_path)
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _garbage(path):
+    path.write_bytes(b"not a batch")
+
+
+def _other_keys(path):
+    np.savez(path, other=np.zeros(2))
+
+
+def _other_shape(path):
+    np.savez(path, leaf_0000=np.zeros(3))
+
+
+@pytest.mark.parametrize("damage", [_truncated, _garbage, _other_keys, _other_shape])
+def test_sweep_names_a_damaged_batch_file_and_what_to_do(tmp_path, damage):
+    """Issue 12: a corrupt batch file failed with "contains pickled data" without naming the
+    file. Truncated, foreign, and mismatched files are ValueErrors naming the file and the
+    fix, raised before anything is computed (the missing batch 0 is not recomputed); after
+    deleting the file as told, the sweep completes."""
+    grid = jnp.arange(4.0)
+    sweep(jnp.sin, grid, batch_size=2, out=tmp_path)
+    (tmp_path / "batch_00000.npz").unlink()
+    damage(tmp_path / "batch_00001.npz")
+    with pytest.raises(ValueError, match=r"batch_00001\.npz.*Delete .*batch_00001\.npz"):
+        sweep(jnp.sin, grid, batch_size=2, out=tmp_path)
+    assert not (tmp_path / "batch_00000.npz").exists()
+    (tmp_path / "batch_00001.npz").unlink()
+    res = sweep(jnp.sin, grid, batch_size=2, out=tmp_path)
+    assert res.computed == (0, 1) and np.array_equal(res.results, np.sin(np.arange(4.0)))

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
+from .._checks import is_concrete
+from .._inputs import as_float_dtype, as_scale, as_widths
 from .._linear import LinearNetwork
-from ._common import check_widths, orthonormal, psd_sqrt, spectrum
+from ._common import orthonormal, psd_sqrt, spectrum
 
 
 def balanced(
@@ -20,9 +22,16 @@ def balanced(
     orthonormal columns, $r = \min_j n_j$, and one $\Sigma$ (distinct entries in
     `scale · [0.5, 1.5]`) shared by all layers, so $U_{j+1}^\top U_{j+1} = V_{j+1}\Sigma^2
     V_{j+1}^\top = U_j U_j^\top$ to rounding. Any widths, any depth.
+
+    **Arguments:** `key`; `widths` $(n_0, \dots, n_L)$, integers $\ge 1$ (floats are
+    refused, not truncated); `scale`, positive and finite (a zero scale would give the zero
+    network, a critical point of every loss, so it is refused as in
+    [`node_flow.init.relaxed_balanced`][]); `dtype`, a real floating dtype.
     """
-    widths = check_widths("init.balanced", widths)
-    dtype = dtype or jnp.result_type(float)
+    fname = "init.balanced"
+    widths = as_widths(fname, widths)
+    dtype = as_float_dtype(fname, dtype)
+    scale = as_scale(fname, "scale", scale)
     r = min(widths)
     k_sigma, *k_frames = jax.random.split(key, len(widths) + 1)
     sigma = spectrum(k_sigma, r, scale, dtype)
@@ -31,14 +40,30 @@ def balanced(
 
 
 def _check_lambdas(lambdas, depth) -> np.ndarray:
-    lam = np.asarray(lambdas, dtype=float).reshape(-1)
+    fname = "init.relaxed_balanced"
+    if any(not is_concrete(x) for x in jax.tree.leaves(lambdas)):
+        raise ValueError(
+            f"{fname}: `lambdas` must be concrete (the feasibility of the spectrum is decided "
+            "on the host); got a traced value. Build the network outside `jit`/`vmap`."
+        )
+    try:
+        lam = np.asarray(lambdas)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{fname}: `lambdas` must be an array of real numbers: {err}") from None
+    if lam.dtype == bool or not np.issubdtype(lam.dtype, np.number):
+        raise TypeError(f"{fname}: `lambdas` must hold real numbers; got dtype {lam.dtype}.")
+    if np.issubdtype(lam.dtype, np.complexfloating):
+        raise TypeError(f"{fname}: `lambdas` must be real; got complex values {lam}.")
+    if lam.ndim > 1:
+        raise ValueError(f"{fname}: `lambdas` must be 1-D; got shape {lam.shape}.")
+    lam = lam.astype(float).reshape(-1)
     if lam.shape != (depth - 1,):
         raise ValueError(
-            f"init.relaxed_balanced: need one λ_j per conservation law (depth - 1 = "
+            f"{fname}: need one λ_j per conservation law (depth - 1 = "
             f"{depth - 1}); got {lam.shape[0]}."
         )
     if not np.all(np.isfinite(lam)):
-        raise ValueError("init.relaxed_balanced: the λ_j must be finite.")
+        raise ValueError(f"{fname}: the λ_j must be finite; got {lam}.")
     return lam
 
 
@@ -68,17 +93,16 @@ def relaxed_balanced(
     not supported (`ValueError`); all $\lambda_j = 0$ falls back to [`node_flow.init.balanced`][].
     """
     fname = "init.relaxed_balanced"
-    widths = check_widths(fname, widths)
-    dtype = dtype or jnp.result_type(float)
+    widths = as_widths(fname, widths)
+    dtype = as_float_dtype(fname, dtype)
     depth = len(widths) - 1
     lam = _check_lambdas(lambdas, depth)
-    if not scale > 0:
-        raise ValueError(f"{fname}: `scale` must be positive; got {scale}.")
+    scale = as_scale(fname, "scale", scale)
     if len(set(widths)) == 1:
         n = widths[0]
         c = np.concatenate([[0.0], np.cumsum(lam)])
         k_sigma, *k_frames = jax.random.split(key, depth + 2)
-        a = spectrum(k_sigma, n, scale, dtype) ** 2 + max(0.0, -c.min())
+        a = spectrum(k_sigma, n, scale, dtype) ** 2 + float(max(0.0, -c.min()))
         sigma = jnp.sqrt(a[None, :] + jnp.asarray(c, dtype)[:, None])
         X = [orthonormal(k, n, n, dtype) for k in k_frames]
         return LinearNetwork(tuple((X[j + 1] * sigma[j]) @ X[j].T for j in range(depth)))
@@ -91,7 +115,8 @@ def relaxed_balanced(
             "widths (any depth) and for two layers."
         )
     n0, n1, n2 = widths
-    (lmb,) = lam
+    lmb = float(lam[0])
+    scale = jnp.asarray(scale, dtype)
     k_free, k_frame = jax.random.split(key)
     if lmb > 0:
         if n2 < n1:
@@ -101,7 +126,8 @@ def relaxed_balanced(
                 f"width n_2 = {n2} ≥ the hidden width n_1 = {n1}."
             )
         U1 = scale * jax.random.normal(k_free, (n1, n0), dtype) / n0**0.5
-        U2 = orthonormal(k_frame, n2, n1, dtype) @ psd_sqrt(lmb * jnp.eye(n1) + U1 @ U1.T)
+        eye = jnp.eye(n1, dtype=dtype)
+        U2 = orthonormal(k_frame, n2, n1, dtype) @ psd_sqrt(lmb * eye + U1 @ U1.T)
     else:
         if n0 < n1:
             raise ValueError(
@@ -110,5 +136,6 @@ def relaxed_balanced(
                 f"width n_0 = {n0} ≥ the hidden width n_1 = {n1}."
             )
         U2 = scale * jax.random.normal(k_free, (n2, n1), dtype) / n1**0.5
-        U1 = psd_sqrt(-lmb * jnp.eye(n1) + U2.T @ U2) @ orthonormal(k_frame, n0, n1, dtype).T
+        eye = jnp.eye(n1, dtype=dtype)
+        U1 = psd_sqrt(-lmb * eye + U2.T @ U2) @ orthonormal(k_frame, n0, n1, dtype).T
     return LinearNetwork((U1, U2))

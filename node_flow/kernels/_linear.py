@@ -1,5 +1,6 @@
 """Intrinsic kernels of deep linear networks (THEORY §2)."""
 
+import functools
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -9,7 +10,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._neural_ode import _sinhc
-from ._spectral import apply_in_singular_basis, check_square_pair
+from ._spectral import (
+    _check_finite_input,
+    apply_in_singular_basis,
+    check_square_pair,
+    spectral_tangent,
+)
 
 
 _ROOT_ITERATIONS = 80
@@ -93,10 +99,79 @@ def balanced_weights(s2: Float[Array, " n"], depth: int) -> Float[Array, "n n"]:
     )
 
 
-def _kernel(z, G, weights_of_s2):
-    r"""$X (W \circ (X^\top G Y)) Y^\top$ with $W$ computed from the squared singular values."""
+def polynomial_divided_differences(
+    a: Float[Array, " n"], c: Float[Array, " L"]
+) -> tuple[Float[Array, "n n"], Float[Array, "n n n"]]:
+    r"""$W_{kl} = p[a_k, a_l]$ and $S_{kml} = p[a_k, a_m, a_l]$ for $p(a) = \prod_j (a + c_j)$.
+
+    Leibniz's rule for divided differences, one linear factor $q(a) = a + c_j$ at a time
+    ($q[x, y] = 1$, $q[x, y, w] = 0$):
+    $P_j[x, y, w] = P_{j-1}[x, y] + P_{j-1}[x, y, w]\,(w + c_j)$,
+    $P_j[x, y] = P_{j-1}[x] + P_{j-1}[x, y]\,(y + c_j)$, $P_j[x] = P_{j-1}[x]\,(x + c_j)$.
+    With all $a_k + c_j \ge 0$ every term is non-negative: no cancellation at coinciding
+    arguments. $O(n^3 L)$ work (a scan over the depth).
+    """
+    n = a.shape[0]
+
+    def step(state, cj):
+        P0, P1, P2 = state
+        P2 = P1[:, :, None] + P2 * (a[None, None, :] + cj)
+        P1 = P0[:, None] + P1 * (a[None, :] + cj)
+        return (P0 * (a + cj), P1, P2), None
+
+    zeros = jnp.zeros((n, n), a.dtype)
+    init = (jnp.ones_like(a), zeros, jnp.zeros((n, n, n), a.dtype))
+    (_, W, S), _ = jax.lax.scan(step, init, c)
+    return W, S
+
+
+def _svd(z):
     X, s, Yt = jnp.linalg.svd(z)
-    return apply_in_singular_basis(X, weights_of_s2(s**2), Yt.T, G)
+    return X, s, Yt.T
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _balanced(z, G, depth):
+    X, s, Y = _svd(z)
+    return apply_in_singular_basis(X, balanced_weights(s**2, depth), Y, G)
+
+
+@_balanced.defjvp
+def _balanced_jvp(depth, primals, tangents):
+    (z, G), (z_dot, G_dot) = primals, tangents
+    X, s, Y = _svd(z)
+    W = balanced_weights(s**2, depth)
+    a = (s**2) ** (1.0 / depth)
+    _, S = polynomial_divided_differences(a, jnp.zeros(depth, z.dtype))
+    return spectral_tangent(X, s, Y, W, S, G, z_dot, G_dot)
+
+
+def _offsets(lambdas):
+    """$c_1 = 0$, $c_j = \lambda_1 + \dots + \lambda_{j-1}$."""
+    return jnp.concatenate([jnp.zeros(1, lambdas.dtype), jnp.cumsum(lambdas)])
+
+
+@jax.custom_jvp
+def _relaxed(z, G, lambdas):
+    c = _offsets(lambdas)
+    X, s, Y = _svd(z)
+    return apply_in_singular_basis(X, _depth_weights(solve_a(s**2, c), c), Y, G)
+
+
+@_relaxed.defjvp
+def _relaxed_jvp(primals, tangents):
+    r"""The tangent along $\dot\lambda$ moves $a$ at fixed $s$: differentiating
+    $\prod_j (a_k + c_j) = s_k^2$ gives $\dot a_k = -\partial_c p(a_k)[\dot c] / p'(a_k)$,
+    $p'(a_k) = W_{kk}$."""
+    (z, G, lambdas), (z_dot, G_dot, lambdas_dot) = primals, tangents
+    c, c_dot = _offsets(lambdas), _offsets(lambdas_dot)
+    X, s, Y = _svd(z)
+    a = solve_a(s**2, c)
+    W, S = polynomial_divided_differences(a, c)
+    _, p_dot = jax.jvp(lambda c: jnp.prod(a[:, None] + c[None, :], axis=1), (c,), (c_dot,))
+    a_dot = -p_dot / jnp.diagonal(W)
+    _, W_dot = jax.jvp(_depth_weights, (a, c), (a_dot, c_dot))
+    return spectral_tangent(X, s, Y, W, S, G, z_dot, G_dot, W_dot)
 
 
 def relaxed_balanced(
@@ -115,16 +190,28 @@ def relaxed_balanced(
 
     **Arguments:** `z` (square), `G` (shape of `z`), `lambdas` (the $L-1$ imbalances; the
     depth is `len(lambdas) + 1`). Usable under `jit` and `vmap`.
+
+    **Derivatives** in $z$, $G$ and $\lambda$ (`jax.grad`, `jax.jvp`, implicit solvers): by
+    divided differences of the weights (Daleckii–Krein, `node_flow/kernels/_spectral.py`),
+    exact at repeated and nearly repeated singular values. Where two of the $a_k + c_j$
+    vanish together (e.g. $\lambda = 0$, $L \ge 2$ and two zero singular values) the kernel
+    is not differentiable ($(zz^\top)^{1/L}$) and the tangent is not finite.
+
+    **Raises:** `ValueError` if `z` or `lambdas` hold NaN or inf (`eqx.error_if` under
+    `jit`).
     """
-    z, G = check_square_pair("kernels.relaxed_balanced", z, G)
+    name = "kernels.relaxed_balanced"
+    z, G = check_square_pair(name, z, G)
     lambdas = jnp.asarray(lambdas, dtype=z.dtype)
     if lambdas.ndim != 1:
         raise ValueError(
-            "kernels.relaxed_balanced: `lambdas` must be a 1-D array of the L - 1 "
-            f"imbalances; got shape {lambdas.shape}."
+            f"{name}: `lambdas` must be a 1-D array of the L - 1 imbalances; got shape "
+            f"{lambdas.shape}."
         )
-    c = jnp.concatenate([jnp.zeros(1, z.dtype), jnp.cumsum(lambdas)])
-    return _kernel(z, G, lambda s2: _depth_weights(solve_a(s2, c), c))
+    lambdas = _check_finite_input(
+        name, "lambdas", lambdas, "the imbalances λ_j = C_j / I must be finite numbers."
+    )
+    return _relaxed(z, G, lambdas)
 
 
 def balanced(
@@ -138,7 +225,9 @@ def balanced(
 
     The case $\lambda = 0$ of [`node_flow.kernels.relaxed_balanced`][] ($a_k = s_k^{2/L}$),
     with the geometric sum $W$ in closed form: $O(n^3)$ per call whatever the depth (see
-    `balanced_weights`). `depth` is a static Python int $\ge 1$.
+    `balanced_weights`). `depth` is a static Python int $\ge 1$. Derivatives as for
+    [`node_flow.kernels.relaxed_balanced`][] (exact at repeated singular values); `ValueError`
+    for a non-finite `z`.
     """
     z, G = check_square_pair("kernels.balanced", z, G)
     try:
@@ -150,4 +239,4 @@ def balanced(
         ) from None
     if depth < 1:
         raise ValueError(f"kernels.balanced: `depth` must be an integer ≥ 1; got {depth}.")
-    return _kernel(z, G, lambda s2: balanced_weights(s2, depth))
+    return _balanced(z, G, depth)

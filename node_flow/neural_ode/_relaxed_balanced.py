@@ -1,6 +1,7 @@
 r"""Relaxed balanced weight functions $A = K + R S_0 R^\top + (\frac12\int_0^s\lambda) I$
 and their exactly relaxed balanced depth-$L$ residual discretizations (THEORY §3)."""
 
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
@@ -10,11 +11,16 @@ import numpy as np
 from jax.scipy.linalg import expm
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._basis import AbstractBasis
+from .._inputs import as_count, as_float_dtype, as_real_array, as_scale
 from .._neural_ode import LinearNeuralODE
 from .._residual import ResidualLinearNetwork
 
 
 _QUADRATURE_POINTS = 64
+# The λ profile is probed on this many equispaced depths (the nodes of the grids m = 2, 4, …, 32
+# among them) to refuse a profile that is not scalar or not finite on [0, 1] before any solve.
+_PROFILE_PROBES = 33
 LambdaProfile = Callable[[Array], Array] | float
 
 
@@ -26,6 +32,15 @@ def _gauss_legendre01(dtype):
 def _as_profile(lam: LambdaProfile) -> Callable[[Array], Array]:
     if callable(lam):
         return lam
+    if isinstance(lam, (bool, np.bool_)) or not isinstance(
+        lam, (numbers.Real, np.ndarray, jax.Array)
+    ):
+        raise TypeError(
+            "relaxed_balanced: `lam` must be a real constant or a JAX function s ↦ λ(s); "
+            f"got {type(lam).__name__} {lam!r}."
+        )
+    if jnp.ndim(lam) != 0 or jnp.issubdtype(jnp.result_type(lam), jnp.complexfloating):
+        raise ValueError(f"relaxed_balanced: a constant `lam` must be a real scalar; got {lam!r}.")
     value = float(lam)
     return lambda s: jnp.full_like(s, value)
 
@@ -49,24 +64,27 @@ class RelaxedBalancedWeights(eqx.Module):
     lam: Callable = eqx.field(static=True)
 
     def __init__(self, K, S0, lam: LambdaProfile):
-        K, S0 = jnp.asarray(K), jnp.asarray(S0)
-        if K.ndim != 2 or K.shape[0] != K.shape[1] or S0.shape != K.shape:
+        fname = "RelaxedBalancedWeights"
+        K = as_real_array(fname, "K", K, ndim=2)
+        S0 = as_real_array(fname, "S0", S0, ndim=2)
+        if K.shape[0] != K.shape[1] or S0.shape != K.shape or K.dtype != S0.dtype:
             raise ValueError(
-                f"RelaxedBalancedWeights: K and S0 must be n×n; got {K.shape}, {S0.shape}."
+                f"{fname}: K and S0 must be n×n of one dtype; got {K.shape} {K.dtype}, "
+                f"{S0.shape} {S0.dtype}."
             )
         if not (np.allclose(K, -K.T, atol=1e-12) and np.allclose(S0, S0.T, atol=1e-12)):
-            raise ValueError("RelaxedBalancedWeights: K must be skew and S0 symmetric.")
+            raise ValueError(f"{fname}: K must be skew and S0 symmetric.")
         self.K, self.S0 = K, S0
         self.lam = _as_profile(lam)
-        probe = jnp.linspace(0.0, 1.0, 33, dtype=K.dtype)
+        probe = jnp.linspace(0.0, 1.0, _PROFILE_PROBES, dtype=K.dtype)
         values = jax.vmap(self.lam)(probe)
         if values.shape != probe.shape:
             raise ValueError(
-                "RelaxedBalancedWeights: the λ profile must map a scalar s to a scalar; "
+                f"{fname}: the λ profile must map a scalar s to a scalar; "
                 f"got output shape {values.shape[1:]} per point."
             )
         if not np.all(np.isfinite(np.asarray(values))):
-            raise ValueError("RelaxedBalancedWeights: the λ profile is not finite on [0, 1].")
+            raise ValueError(f"{fname}: the λ profile is not finite on [0, 1].")
 
     @property
     def n(self) -> int:
@@ -96,15 +114,18 @@ class RelaxedBalancedWeights(eqx.Module):
         r"""The exact lifting $\Phi(1,0) = e^{K} e^{S_0} e^{\int_0^1\mu}$."""
         return expm(self.K) @ expm(self.S0) * jnp.exp(self.double_integral())
 
-    def grid(self, m: int, interpolation: str = "linear", **kwargs) -> LinearNeuralODE:
-        """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`."""
-        if not isinstance(m, int) or m < 1:
-            raise ValueError(f"relaxed_balanced: the grid needs m ≥ 1 cells; got {m!r}.")
+    def grid(
+        self, m: int, interpolation: str | AbstractBasis = "linear", **kwargs
+    ) -> LinearNeuralODE:
+        """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`
+        (`m` an integer ≥ 1; further keywords go to [`node_flow.LinearNeuralODE`][])."""
+        m = as_count("relaxed_balanced", "m (the number of grid cells, m ≥ 1)", m)
         nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
     def lambdas(self, L: int) -> Float[Array, " laws"]:
         r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of depth $L$."""
+        L = as_count("RelaxedBalancedWeights.lambdas", "L", L)
         s = jnp.arange(1, L, dtype=self.K.dtype) / L
         return jax.vmap(self.lam)(s) / L**2
 
@@ -119,8 +140,7 @@ class RelaxedBalancedWeights(eqx.Module):
         $L(U_k - I) = A(s) + O(1/L)$ on cell $k$ (since $\sigma_{k,j} = 1 + (d_j +
         \mu(s_k))/L + O(L^{-2})$). Raises a `ValueError` if some $a_j + c_k \le 0$.
         """
-        if not isinstance(L, int) or L < 1:
-            raise ValueError(f"relaxed_balanced_residual: L must be an integer ≥ 1; got {L!r}.")
+        L = as_count("relaxed_balanced_residual", "L", L)
         dtype = self.K.dtype
         d, Q = jnp.linalg.eigh(self.S0)
         c = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(self.lambdas(L))])
@@ -150,15 +170,18 @@ def relaxed_balanced_weights(
 ) -> RelaxedBalancedWeights:
     r"""A random relaxed balanced weight function: $K$ skew and $S_0$ symmetric with
     Gaussian entries of size `skew / √n` and `scale / √n`. The same `key` gives the same
-    $K$, $S_0$ whatever `lam`.
+    $K$, $S_0$ whatever `lam`. `scale` must be positive and finite (the rule of every
+    initialization); `skew` finite and $\ge 0$ ($K = 0$, no rotation, is allowed).
 
     With `same_z0=True`, $S_0$ is shifted to $S_0 - (\int_0^1\mu) I$, which leaves
     $\Lambda = \lambda I$ unchanged (a constant multiple of $I$ commutes with everything)
     and makes the lifting $z_0 = e^K e^{S_0}$ the same for every profile $\lambda(\cdot)$.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"relaxed_balanced: n must be an integer ≥ 1; got {n!r}.")
-    dtype = dtype or jnp.result_type(float)
+    fname = "relaxed_balanced_weights"
+    n = as_count(fname, "n", n)
+    dtype = as_float_dtype(fname, dtype)
+    scale = as_scale(fname, "scale", scale, static=True)
+    skew = as_scale(fname, "skew", skew, allow_zero=True, static=True)
     kK, kS = jax.random.split(key)
     B = jax.random.normal(kK, (n, n), dtype)
     C = jax.random.normal(kS, (n, n), dtype)
