@@ -4,14 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu descent bench lint clean
+.PHONY: install test run linear depth-limit criterion relu descent bench lint docs docs-serve clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the docs extra
 	touch $(STAMP)
 
 test: install
@@ -40,10 +40,18 @@ bench: install
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/sweep_bench.py --out results/bench
 
+# The documentation site (mkdocs.yml): a strict build runs every example in docs/examples/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Live preview; examples are cached on their text (re-run on edit, not on library changes).
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 NODE_FLOW_DOCS_CACHE=true $(VENV)/bin/mkdocs serve
+
 lint: install
-	$(VENV)/bin/ruff check node_flow experiments tests benchmarks
-	$(VENV)/bin/ruff format --check node_flow experiments tests benchmarks
+	$(VENV)/bin/ruff check node_flow experiments tests benchmarks docs/examples
+	$(VENV)/bin/ruff format --check node_flow experiments tests benchmarks docs/examples
 
 clean:
-	rm -rf $(VENV) results .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) results site .cache .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
