@@ -12,7 +12,7 @@ from jax.scipy.linalg import expm
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._basis import AbstractBasis
-from .._inputs import as_count, as_float_dtype, as_real_array, as_scale
+from .._inputs import as_count, as_float_dtype, as_real_array, as_scale, CountLike, ScaleLike
 from .._neural_ode import LinearNeuralODE
 from .._residual import ResidualLinearNetwork
 
@@ -21,7 +21,7 @@ _QUADRATURE_POINTS = 64
 # The λ profile is probed on this many equispaced depths (the nodes of the grids m = 2, 4, …, 32
 # among them) to refuse a profile that is not scalar or not finite on [0, 1] before any solve.
 _PROFILE_PROBES = 33
-LambdaProfile = Callable[[Array], Array] | float
+LambdaProfile = Callable[[Array], Array] | ScaleLike
 
 
 def _gauss_legendre01(dtype):
@@ -115,7 +115,7 @@ class RelaxedBalancedWeights(eqx.Module):
         return expm(self.K) @ expm(self.S0) * jnp.exp(self.double_integral())
 
     def grid(
-        self, m: int, interpolation: str | AbstractBasis = "linear", **kwargs
+        self, m: CountLike, interpolation: str | AbstractBasis = "linear", **kwargs
     ) -> LinearNeuralODE:
         """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`
         (`m` an integer ≥ 1; further keywords go to [`node_flow.LinearNeuralODE`][])."""
@@ -123,13 +123,13 @@ class RelaxedBalancedWeights(eqx.Module):
         nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
-    def lambdas(self, L: int) -> Float[Array, " laws"]:
+    def lambdas(self, L: CountLike) -> Float[Array, " laws"]:
         r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of depth $L$."""
         L = as_count("RelaxedBalancedWeights.lambdas", "L", L)
         s = jnp.arange(1, L, dtype=self.K.dtype) / L
         return jax.vmap(self.lam)(s) / L**2
 
-    def residual(self, L: int) -> ResidualLinearNetwork:
+    def residual(self, L: CountLike) -> ResidualLinearNetwork:
         r"""An exactly relaxed balanced depth-$L$ residual network converging to $A$.
 
         With $S_0 = Q \operatorname{diag}(d) Q^\top$ and $s_k = k/L$:
@@ -173,11 +173,11 @@ def _residual_weights(K, Q, sigma2) -> np.ndarray:
 
 def relaxed_balanced_weights(
     key: PRNGKeyArray,
-    n: int,
+    n: CountLike,
     lam: LambdaProfile = 0.0,
     *,
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
 ) -> RelaxedBalancedWeights:
@@ -209,13 +209,13 @@ def relaxed_balanced_weights(
 
 def relaxed_balanced(
     key: PRNGKeyArray,
-    n: int,
-    m: int,
+    n: CountLike,
+    m: CountLike,
     lam: LambdaProfile = 0.0,
     *,
     interpolation: str = "linear",
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
     **kwargs,
@@ -237,12 +237,12 @@ def relaxed_balanced(
 
 def relaxed_balanced_residual(
     key: PRNGKeyArray,
-    n: int,
+    n: CountLike,
     lam: LambdaProfile = 0.0,
-    L: int = 16,
+    L: CountLike = 16,
     *,
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
 ) -> ResidualLinearNetwork:
