@@ -24,7 +24,7 @@ def load_experiment():
         (["--rtol", "1e-3"], r"--rtol must lie in \(0, 1e-6\]"),
         (["--lrs", "0.2", "0.1"], "--lrs needs ≥ 3 distinct positive"),
         (["--lrs", "0.2", "0.1", "-0.05"], "--lrs needs ≥ 3 distinct positive"),
-        (["--lrs", "0.3", "0.1", "0.05"], r"--T / lr must be an integer"),
+        (["--lrs", "0.4", "0.1", "0.05"], r"--T / lr must be an integer"),
         (["--fit-from", "4"], "--fit-from must leave ≥ 2 of the 5 lrs"),
     ],
 )
