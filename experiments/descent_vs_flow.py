@@ -89,8 +89,8 @@ def validate(p: argparse.ArgumentParser, args) -> None:
     lrs = np.asarray(args.lrs)
     if len(lrs) < 3 or len(set(args.lrs)) != len(lrs) or not np.all(np.isfinite(lrs) & (lrs > 0)):
         p.error(f"--lrs needs ≥ 3 distinct positive learning rates to fit a slope; got {args.lrs}")
-    if not 0 <= args.fit_from <= len(lrs) - 3:
-        p.error(f"--fit-from must leave ≥ 3 of the {len(lrs)} lrs; got {args.fit_from}")
+    if not 0 <= args.fit_from <= len(lrs) - 2:
+        p.error(f"--fit-from must leave ≥ 2 of the {len(lrs)} lrs to fit; got {args.fit_from}")
     steps = args.T / lrs
     if np.any(np.abs(steps - np.round(steps)) > 1e-9 * steps):
         p.error(f"--T / lr must be an integer for every lr (T = {args.T}, lrs = {args.lrs})")
