@@ -28,8 +28,9 @@ depth-limit: install
 criterion: install
 	$(PY) experiments/criterion_table.py
 
+# RELU_FLAGS=--large adds the 100-50-1 network of 1,000 samples and its GD comparison.
 relu: install
-	$(PY) experiments/relu_intrinsic.py
+	$(PY) experiments/relu_intrinsic.py $(RELU_FLAGS)
 
 descent: install
 	$(PY) experiments/descent_vs_flow.py

@@ -136,7 +136,7 @@ def test_mlp_with_a_frozen_neuron_trains_to_t1():
 def test_zero_weights_keep_the_parameter_flow_and_say_why_no_comparison():
     # θ = 0: every z_p = 0, so z does not determine θ² and K(z, h0) is undefined. The flow
     # (a critical point: it stays at 0) is returned, with the reason.
-    net = relu.MLP([jnp.zeros((2, 2)), jnp.zeros((1, 2))])
+    net = relu.MLP([jnp.zeros((1, 2)), jnp.zeros((1, 1))])  # the shapes of `_one_neuron`
     sol = relu.train(net, _X, _Y, 0.5, saves=7)
     assert sol.stop_reason == "t1" and float(sol.boundaries[-1]) == 0.5
     assert float(jnp.max(jnp.abs(sol.zs))) == 0.0

@@ -145,4 +145,5 @@ def kink_transition(
     new = KinkState(pattern, sorted(sliding), handled)
     for entry in settle_gates(problem, new, theta, margin):
         new.handled[entry] = True
+        changed.append(entry)
     return new, sorted(set(changed)), trapped

@@ -172,8 +172,6 @@ class TrainingSolution(eqx.Module):
     - `losses`: `(K, saves)` the loss along the parameter flow.
     - `patterns`: `(K, samples, hidden)` the activation pattern on each interval (the
       sliding entries, held at $a = 0$, are `False`; see `intervals`).
-    - `gates`: `(K, saves, samples, hidden)` is not stored; `intervals[k].gate_range`
-      summarises the sliding gates.
     - `h0`: the conservation laws at the start.
     - `stop_reason`: `"t1"`, `"max_intervals"` or `"chattering"` (see `chattering`).
     - `intervals`: one [`node_flow.relu.Interval`][] per interval (pattern changes,
