@@ -201,10 +201,12 @@ def recover_squares(
        solution will do.
     2. The rescaling with $h = h_0$: with log-scales $a_v$ on hidden neurons (0 on inputs,
        constants and outputs), minimise the strictly convex
-       $$F(a) = \tfrac12 \sum_{e = u \to v} \theta_e^2 e^{2(a_v - a_u)} - \sum_v h_{0,v} a_v,$$
-       whose gradient is $h(\text{rescaled }\theta) - h_0$, by Newton's method with a
-       backtracking line search, until $\max_v |h_v - h_{0,v}| \leq$ `rtol` × (largest
-       $\sum_{e \ni v} \theta_e^2$ + $\max|h_0|$).
+
+        $$F(a) = \tfrac12 \sum_{e = u \to v} \theta_e^2 e^{2(a_v - a_u)} - \sum_v h_{0,v} a_v,$$
+
+        whose gradient is $h(\text{rescaled }\theta) - h_0$, by Newton's method with a
+        backtracking line search, until $\max_v |h_v - h_{0,v}| \leq$ `rtol` × (largest
+        $\sum_{e \ni v} \theta_e^2$ + $\max|h_0|$).
 
     The minimiser exists and is unique when every edge lies on a path with $z_p \neq 0$;
     otherwise (e.g. every path through some neuron is zero) $z$ does not determine the
@@ -306,8 +308,10 @@ def two_layer_squares(
 
     Hidden neuron $j$ sees $z_j = u_j v_j^\top$ ($u_j$ its out-weights, $v_j$ its in-weights
     including its bias). With $\delta_j = \|u_j\|^2 - \|v_j\|^2 = -h_{0,j}$:
+
     $$\|u_j\|^2 = \tfrac12\big(\delta_j + (\delta_j^2 + 4\|z_j\|^2)^{1/2}\big),
       \qquad \|v_j\|^2 = \|u_j\|^2 - \delta_j,$$
+
     then $\theta_e^2 = \sum_{p \ni e} z_p^2 / \|v_j\|^2$ for an out-edge of $j$,
     $/\|u_j\|^2$ for an in-edge, and $\theta_e^2 = z_p^2$ for an edge that is a whole path.
     """
