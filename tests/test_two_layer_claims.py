@@ -7,6 +7,7 @@ Conventions (REFERENCES): whitened inputs, `LeastSquares(X, Y)` with `X = √n I
 that ℓ(W) = ½‖W − Y*‖²; `W = U Vᵀ` with U the output factor, i.e. `LinearNetwork((Vᵀ, U))`, and
 `C = UᵀU − VᵀV = λ I` (THEORY's `C_1 = U_2ᵀU_2 − U_1U_1ᵀ`)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,23 +48,25 @@ def _whitened_loss(target):
     return nf.LeastSquares(np.sqrt(n_in) * np.eye(n_in), np.sqrt(n_in) * target)
 
 
-def _two_layer_kernel(lam):
+class _TwoLayerKernel(eqx.Module):
     """REFERENCES: K(W)[G] = U Uᵀ G + G V Vᵀ with U Uᵀ = (λI + (λ²I + 4WWᵀ)^½)/2,
-    V Vᵀ = (−λI + (λ²I + 4WᵀW)^½)/2 (eigh square roots, written here, not node_flow's)."""
+    V Vᵀ = (−λI + (λ²I + 4WᵀW)^½)/2 (eigh square roots, written here, not node_flow's). A
+    module with λ as an array: one compilation for every λ."""
 
-    def sqrt_psd(A):
-        # eigenvalues at rounding level (ker W when λ = 0) are zeroed: √ is not Lipschitz at 0
-        w, E = jnp.linalg.eigh(0.5 * (A + A.T))
-        w = jnp.where(w > 1e-13 * jnp.max(w), w, 0.0)
-        return (E * jnp.sqrt(w)) @ E.T
+    lam: jax.Array
 
-    def kernel(W, G):
+    def __call__(self, W, G):
+        def sqrt_psd(A):
+            # eigenvalues at rounding level (on ker W) are zeroed: √ is not Lipschitz at 0
+            w, E = jnp.linalg.eigh(0.5 * (A + A.T))
+            w = jnp.where(w > 1e-13 * jnp.max(w), w, 0.0)
+            return (E * jnp.sqrt(w)) @ E.T
+
         n_out, n_in = W.shape
+        lam = self.lam
         UU = 0.5 * (lam * jnp.eye(n_out) + sqrt_psd(lam**2 * jnp.eye(n_out) + 4 * W @ W.T))
         VV = 0.5 * (-lam * jnp.eye(n_in) + sqrt_psd(lam**2 * jnp.eye(n_in) + 4 * W.T @ W))
         return UU @ G + G @ VV
-
-    return kernel
 
 
 def _riccati(V0, U0, target, lam, ts):
@@ -87,11 +90,12 @@ def _riccati(V0, U0, target, lam, ts):
 
 # (n_in, n_hidden, n_out, λ): REFERENCES' intrinsic rectangular cases, z of full rank (a
 # rank-deficient z makes the intrinsic ODE unstable off the range of z: errors at the solver
-# tolerance grow like e^{ct} there, a property of the dynamics, not of the kernel)
+# tolerance grow like e^{ct} there, a property of the dynamics, not of the kernel). Two shapes
+# only, shared with the scalar-mode test: few compilations.
 _RECTANGULAR = {
-    "λ=0, 3-3-4": (3, 3, 4, 0.0),
+    "λ=0, 4-2-2": (4, 2, 2, 0.0),
     "λ>0, n_out=n_hidden, 4-2-2": (4, 2, 2, 0.6),
-    "λ<0, n_in=n_hidden, 2-2-3": (2, 2, 3, -0.6),
+    "λ<0, n_in=n_hidden, 2-2-4": (2, 2, 4, -0.6),
 }
 _TS = np.linspace(0.0, 2.0, 5)
 
@@ -116,7 +120,7 @@ def test_rectangular_two_layer_intrinsic_flow_equals_parameter_flow(rectangular_
     cases where it is intrinsic. Both solves are controlled at rtol = atol = 1e-8 over t ≤ 2
     (global errors ~1e-8), so 1e-6."""
     V, U, target, lam, loss, zs = rectangular_flows[case]
-    sol = nf.intrinsic_flow(U @ V.T, loss, _two_layer_kernel(lam), _TS[-1], ts=_TS)
+    sol = nf.intrinsic_flow(U @ V.T, loss, _TwoLayerKernel(jnp.asarray(lam)), _TS[-1], ts=_TS)
     assert np.max(np.abs(np.asarray(sol.zs) - zs)) <= 1e-6
     assert np.max(np.abs(zs[-1] - zs[0])) > 0.1  # the flow moved
 
@@ -132,19 +136,20 @@ def test_parameter_flow_equals_exact_riccati_solution(rectangular_flows, case):
 
 @pytest.mark.parametrize("lam", [0.8, -0.5])
 def test_imbalanced_scalar_modes_follow_the_closed_form_ode(lam):
-    """Aligned modes of a 2-2-2 network: `U = X diag(a) Rᵀ`, `V = Y diag(b) Rᵀ`, `a² − b² = λ`,
-    target `X diag(s) Yᵀ`; each σ_k = a_k b_k obeys σ' = (λ² + 4σ²)^½ (s − σ) (REFERENCES),
+    """Aligned modes of a 4-2-2 network: `U = X diag(a) Rᵀ`, `V = Y diag(b) Rᵀ` (Y: 4 × 2
+    orthonormal columns), `a² − b² = λ`, target `X diag(s) Yᵀ`; each σ_k = a_k b_k obeys
+    σ' = (λ² + 4σ²)^½ (s − σ) (REFERENCES),
     solved here by scipy's LSODA at rtol 1e-12 (independent of diffrax). Budget 1e-6: the
     parameter flow is controlled at 1e-8."""
     rng = np.random.default_rng(7)
-    X, Y, R = orthogonal(rng, 2), orthogonal(rng, 2), orthogonal(rng, 2)
+    X, Y, R = orthogonal(rng, 2), orthogonal(rng, 4)[:, :2], orthogonal(rng, 2)
     s, sigma0 = np.array([2.0, 0.7]), np.array([0.05, 0.3])
     # a² − b² = λ, a b = σ0  ⇒  a² = (λ + (λ² + 4σ0²)^½)/2
     a = np.sqrt((lam + np.sqrt(lam**2 + 4 * sigma0**2)) / 2)
     b = sigma0 / a
     U, V = X @ np.diag(a) @ R.T, Y @ np.diag(b) @ R.T
     loss = _whitened_loss(X @ np.diag(s) @ Y.T)
-    ts = np.linspace(0.0, 3.0, 7)
+    ts = _TS  # the save times of the rectangular flows: the same compiled solve
     zs = np.asarray(nf.gradient_flow(nf.LinearNetwork((V.T, U)), loss, ts[-1], ts=ts).zs)
     modes = np.einsum("ik,tij,jk->tk", X, zs, Y)  # diag(Xᵀ z Y)
     rhs = lambda t, sig: np.sqrt(lam**2 + 4 * sig**2) * (s - sig)
@@ -188,10 +193,11 @@ def test_relaxed_kernel_over_depth_converges_to_neural_ode_kernel_at_first_order
     G = jnp.asarray(rng.standard_normal((3, 3)))
     limit = neural_ode_kernel_quadrature(z, G)
     depths = [8, 16, 32, 64]
+    kernel = jax.jit(nf.kernels.relaxed_balanced)
     for profile in (lambda s: 1.5 + np.cos(3 * s), lambda s: 0.0 * s):
         errs = []
         for L in depths:
             lam = profile(np.arange(1, L) / L) / L**2
-            errs.append(rel_err(nf.kernels.relaxed_balanced(z, G, jnp.asarray(lam)) / L, limit))
+            errs.append(rel_err(kernel(z, G, jnp.asarray(lam)) / L, limit))
         slope, _ = fit_slope(depths, errs)
         assert abs(slope + 1) <= 0.1, (slope, errs)

@@ -122,6 +122,42 @@ def _row_space(A: np.ndarray, rtol: float) -> tuple[np.ndarray, float]:
     return Vt[:rank].T, gap
 
 
+def _verdict(residual, tolerance, gap, min_gap, converged, max_depth, rank_J, rank_nearby):
+    """`(holds, reason)`: undecided on an ambiguous rank, a growing trace, or a success at a
+    non-generic point; else fails or holds by the residual."""
+    if gap < min_gap:
+        holds = None
+        reason = (
+            f"undecided: a rank decision has singular-value gap {gap:.3g} < min_gap "
+            f"{min_gap:.3g}; the intersection dimension is not reliable at this point"
+        )
+    elif residual > tolerance:
+        holds = False
+        reason = f"fails: residual {residual:.3g} > tolerance {tolerance:.3g}"
+        if rank_nearby > rank_J:
+            reason += (
+                f" (at a non-generic point: rank ∂φ = {rank_J} < {rank_nearby} nearby; a "
+                "direction of the fibre inside the leaf moves M here)"
+            )
+    elif rank_nearby > rank_J:
+        holds = None
+        reason = (
+            f"undecided: θ is a non-generic point (rank ∂φ(θ) = {rank_J}, {rank_nearby} at a "
+            f"small random perturbation, e.g. θ = 0); the residual {residual:.3g} here says "
+            "nothing about nearby generic points: check at a generic point"
+        )
+    elif not converged:
+        holds = None
+        reason = (
+            f"undecided: residual {residual:.3g} is small but the Lie trace was still growing "
+            f"at max_depth={max_depth}, so the intersection may be larger"
+        )
+    else:
+        holds = True
+        reason = f"holds: residual {residual:.3g} <= tolerance {tolerance:.3g}"
+    return holds, reason
+
+
 def kernel_inclusion(
     phi: Callable | None,
     theta: PyTree,
@@ -234,36 +270,9 @@ def kernel_inclusion(
         denominator = 2.0 * norm_J * math.sqrt(max(top_J, 0.0))
         residual = numerator / denominator if denominator > 0 else 0.0
         worst = V @ evec_M[:, -1]
-    if gap < min_gap:
-        holds = None
-        reason = (
-            f"undecided: a rank decision has singular-value gap {gap:.3g} < min_gap "
-            f"{min_gap:.3g}; the intersection dimension is not reliable at this point"
-        )
-    elif residual > tolerance:
-        holds = False
-        reason = f"fails: residual {residual:.3g} > tolerance {tolerance:.3g}"
-        if rank_nearby > rank_J:
-            reason += (
-                f" (at a non-generic point: rank ∂φ = {rank_J} < {rank_nearby} nearby; a "
-                "direction of the fibre inside the leaf moves M here)"
-            )
-    elif rank_nearby > rank_J:
-        holds = None
-        reason = (
-            f"undecided: θ is a non-generic point (rank ∂φ(θ) = {rank_J}, {rank_nearby} at a "
-            f"small random perturbation, e.g. θ = 0); the residual {residual:.3g} here says "
-            "nothing about nearby generic points: check at a generic point"
-        )
-    elif not converged:
-        holds = None
-        reason = (
-            f"undecided: residual {residual:.3g} is small but the Lie trace was still growing "
-            f"at max_depth={max_depth}, so the intersection may be larger"
-        )
-    else:
-        holds = True
-        reason = f"holds: residual {residual:.3g} <= tolerance {tolerance:.3g}"
+    holds, reason = _verdict(
+        residual, tolerance, gap, min_gap, converged, max_depth, rank_J, rank_nearby
+    )
     return KernelInclusion(
         holds=holds,
         residual=float(residual),

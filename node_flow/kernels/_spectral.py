@@ -36,6 +36,7 @@ singular values. It costs $O(n^3)$.
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import is_concrete
@@ -46,7 +47,7 @@ def _check_finite_input(fname: str, argname: str, x: Array, fix: str) -> Array:
     traced."""
     message = f"{fname}: `{argname}` holds NaN or inf; {fix}"
     if is_concrete(x):
-        if not bool(jnp.all(jnp.isfinite(x))):
+        if not np.all(np.isfinite(np.asarray(x))):  # numpy: no tracer inside an outer trace
             raise ValueError(f"{message} Got {argname} = {x}.")
         return x
     return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), message)
