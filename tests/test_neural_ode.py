@@ -1,5 +1,6 @@
 """The linear neural ODE, residual networks and their depth limit (THEORY §3, claim 4)."""
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,16 +35,92 @@ def weights():
     return nf.neural_ode.relaxed_balanced_weights(KEY, N, oscillating)
 
 
-def test_refine_leaves_the_lift_unchanged(weights):
+def _rk4_lift(node, steps_per_cell=200):
+    """Φ(1, 0) of the piecewise-linear interpolant of `node.A` by classical RK4 in NumPy
+    with a fixed step aligned to the nodes (no diffrax, no basis object): global error
+    O(h⁴) with h = 1/(200 m), ~1e-13 here."""
+    A = np.asarray(node.A)
+    m, n = A.shape[0] - 1, A.shape[1]
+
+    def a(s):
+        i = min(int(s * m), m - 1)
+        w = s * m - i
+        return (1 - w) * A[i] + w * A[i + 1]
+
+    h = 1.0 / (m * steps_per_cell)
+    Phi = np.eye(n)
+    for k in range(m * steps_per_cell):
+        s = k * h
+        # the stage at s + h is evaluated inside the same cell (continuous interpolant)
+        k1 = a(s) @ Phi
+        k2 = a(s + h / 2) @ (Phi + h / 2 * k1)
+        k3 = a(s + h / 2) @ (Phi + h / 2 * k2)
+        k4 = a(min(s + h, 1.0)) @ (Phi + h * k3)
+        Phi = Phi + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return Phi
+
+
+def test_refine_leaves_the_weight_function_and_the_lift_unchanged(weights):
+    """Refining represents the same A(s) (hat functions: midpoint values; cells: copies),
+    so the refined lift equals the coarse one's independent value: the product of cell
+    exponentials Π exp(h A_i) (constant) or a fine fixed-step RK4 solve (linear)."""
     for kind in ("linear", "constant"):
-        node = weights.grid(5, kind, rtol=1e-12, atol=1e-12)
+        node = weights.grid(5, kind, solver=diffrax.Dopri5(), rtol=1e-12, atol=1e-12)
         fine = node.refine()
         assert fine.m == 10 and fine.interpolation == kind
+        assert fine.solver == diffrax.Dopri5() and fine.rtol == 1e-12
         s = jnp.linspace(0.0, 0.999, 37)
         assert max_abs(fine.at(s) - node.at(s)) <= 1e-14
-        # two independent adaptive solves of the same ODE at rtol = atol = 1e-12: global
-        # errors of O(steps · tol) ≈ 1e-11 each.
-        assert max_abs(fine.lift() - node.lift()) <= 1e-10
+        if kind == "constant":
+            expected = np.eye(N)
+            for i in range(5):
+                expected = np.asarray(expm(node.A[i] / 5)) @ expected
+        else:
+            expected = _rk4_lift(node)
+        # an adaptive solve at rtol = atol = 1e-12: global error O(steps · tol) ≈ 1e-11;
+        # the references are exact (constant) or O(h⁴) ≈ 1e-13 (RK4).
+        assert max_abs(fine.lift() - expected) <= 1e-10
+        assert max_abs(node.lift() - expected) <= 1e-10
+
+
+def test_refine_and_forward_mode_keep_every_setting():
+    """Basis, solver, step-size controller, adjoint, max_steps and dt0 survive `refine()`
+    and `forward_mode()` (which changes only the adjoint)."""
+    A = jax.random.normal(jax.random.key(5), (4, 2, 2))
+    settings = dict(
+        solver=diffrax.Bosh3(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-7, atol=1e-9, pcoeff=0.1, icoeff=0.3),
+        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=50),
+        max_steps=777,
+        dt0=0.01,
+    )
+    node = nf.LinearNeuralODE(A, nf.neural_ode.PiecewiseConstant(), **settings)
+    fine = node.refine().refine()
+    assert fine.m == 12 and isinstance(fine.basis, nf.neural_ode.PiecewiseConstant)
+    for name, value in settings.items():
+        assert getattr(fine, name) == value, name
+    twin = fine.forward_mode()
+    assert twin.adjoint == diffrax.ForwardMode() and twin.forward_autodiff
+    for name, value in settings.items():
+        if name != "adjoint":
+            assert getattr(twin, name) == value, name
+    assert nf.LinearNeuralODE(A, "constant").basis == node.basis  # the shorthand
+
+
+def test_a_fixed_step_euler_solve_is_the_residual_product():
+    """With `diffrax.Euler()` and `diffrax.ConstantStepSize()` (dt0 default: one step per
+    cell), the lift of a piecewise-constant A is exactly Π_i (I + A_i / m), the residual
+    network of its cell values (an independent product): the configured solver is the one
+    used. After `refine()` with an explicit dt0 = 1/m the steps still sample the coarse
+    nodes, so the product is unchanged."""
+    A = jax.random.normal(jax.random.key(6), (5, 2, 2))
+    euler = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize())
+    node = nf.LinearNeuralODE(A, "constant", **euler)
+    expected = nf.ResidualLinearNetwork(A[:-1]).lift()
+    assert max_abs(node.lift() - expected) <= 1e-14
+    pinned = nf.LinearNeuralODE(A, "constant", dt0=0.25, **euler).refine()
+    assert pinned.m == 8 and pinned.dt0 == 0.25
+    assert max_abs(pinned.lift() - expected) <= 1e-14
 
 
 def test_at_interpolates_the_node_values(weights):
