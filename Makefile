@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu bench lint docs docs-serve clean
+.PHONY: install test run linear depth-limit criterion relu descent bench lint docs docs-serve clean
 
 install: $(STAMP)
 
@@ -28,8 +28,12 @@ depth-limit: install
 criterion: install
 	$(PY) experiments/criterion_table.py
 
+# RELU_FLAGS=--large adds the 100-50-1 network of 1,000 samples and its GD comparison.
 relu: install
-	$(PY) experiments/relu_intrinsic.py
+	$(PY) experiments/relu_intrinsic.py $(RELU_FLAGS)
+
+descent: install
+	$(PY) experiments/descent_vs_flow.py
 
 # The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
 bench: install

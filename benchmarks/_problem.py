@@ -3,14 +3,12 @@
 A deep linear network $z = U_L \cdots U_1$ of square width $n$ trained on
 $\ell(z) = \|zX - Y\|_F^2 / (2N)$, $N = 2n$, with seeded Gaussian $X, Y$, from the balanced
 near-identity point $U_i = \exp(S/L)$ ($S$ a fixed small symmetric matrix), along
-$\dot U_i = -\frac1L \nabla_{U_i} L$ on $t \in [0, 5]$. NumPy only: peers import it without JAX.
+$\dot U_i = -\frac1L \nabla_{U_i} L$ on $t \in [0, 5]$. NumPy only: peers import it without JAX
+(results are written with `node_flow._io`, imported by the orchestrators and by a worker only
+after its measurement).
 """
 
-import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -115,30 +113,3 @@ def search_and_time(solve, ref, *, reps=3, start=None, budget_s=float("inf")):
         reps=len(times),
     )
     return record
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_builtin))
-
-
-def _builtin(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if hasattr(x, "tolist"):
-        return np.asarray(x).tolist()
-    raise TypeError(type(x))

@@ -105,7 +105,12 @@ def main():
     job_path, result_path = sys.argv[1:3]
     with open(job_path) as f:
         job = json.load(f)
-    P.atomic_write_json(result_path, run(job))
+    record = run(job)
+    # Imported after the measurement: node_flow imports JAX, which a peer's process must not
+    # load while it is being timed.
+    from node_flow._io import atomic_write_json
+
+    atomic_write_json(result_path, record)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`.
 """
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
@@ -22,6 +20,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _problem as P  # noqa: E402
+
+from node_flow._io import (  # noqa: E402
+    atomic_savefig,
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+)
 
 
 logger = logging.getLogger("bench")
@@ -289,10 +294,8 @@ def plot(summary, path):
     ax2.set_xticks(range(len(nf)), [f"{r['L']},{r['n']}" for r in nf], fontsize=8)
     ax2.set_ylabel("node_flow vector field, % of matmul peak")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=120, bbox_inches=None)
+    plt.close(fig)
 
 
 def write_csv(cases, path):
@@ -312,11 +315,7 @@ def write_csv(cases, path):
         "peak_gflops",
         "note",
     ]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(cases)
-    P.atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, [{k: case.get(k, "") for k in keys} for case in cases])
 
 
 def main(argv=None):
@@ -327,9 +326,9 @@ def main(argv=None):
         sizes, cases, references, extras, peaks = measure(args, Path(tmp))
     summary = summarize(sizes, cases, references, extras, peaks)
     summary["total_seconds"] = time.perf_counter() - start
-    P.atomic_write_json(args.out / "summary.json", summary)
+    atomic_write_json(args.out / "summary.json", summary)
     table = markdown(summary)
-    P.atomic_write_text(args.out / "table.md", table)
+    atomic_write(args.out / "table.md", table)
     write_csv(summary["cases"], args.out / "cases.csv")
     plot(summary, args.out / "bench.png")
     logger.info("done in %.0f s; wrote %s\n%s", summary["total_seconds"], args.out, table)

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import jax
-from _problem import atomic_write_text
+
+from node_flow._io import atomic_write, atomic_write_json
 
 
 logger = logging.getLogger("sweep_bench")
@@ -227,8 +228,8 @@ def main(argv=None):
         "jax": jax.__version__,
         "seconds_total": time.time() - start,
     }
-    atomic_write_text(args.out / "sweep.json", json.dumps(summary, indent=2))
-    atomic_write_text(args.out / "sweep.md", markdown(summary))
+    atomic_write_json(args.out / "sweep.json", summary)
+    atomic_write(args.out / "sweep.md", markdown(summary))
     logger.info("wrote %s and %s", args.out / "sweep.json", args.out / "sweep.md")
 
 

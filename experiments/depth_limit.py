@@ -131,6 +131,15 @@ def run_grid(m, weights, loss, ts, tol):
     }
 
 
+def run_entry(kind, size, weights, loss, ts, tol, args):
+    """One cached entry: the limit flow, the depth-`size` networks or the `size`-cell grid."""
+    if kind == "limit":
+        return run_limit(weights, loss, ts, tol)
+    if kind == "depth":
+        return run_depth(size, weights, loss, ts, tol)
+    return run_grid(size, weights, loss, ts, dict(rtol=args.grid_rtol, atol=args.grid_rtol))
+
+
 def to_lists(d):
     return {k: np.asarray(v).tolist() for k, v in d.items()}
 
@@ -230,12 +239,15 @@ def main(argv=None):
             bar.step(f"{name} (resumed)")
             continue
         t0 = time.time()
-        if kind == "limit":
-            res = run_limit(weights, loss, ts, tol)
-        elif kind == "depth":
-            res = run_depth(size, weights, loss, ts, tol)
-        else:
-            res = run_grid(size, weights, loss, ts, dict(rtol=args.grid_rtol, atol=args.grid_rtol))
+        try:
+            res = run_entry(kind, size, weights, loss, ts, tol, args)
+        except ValueError as e:  # e.g. a λ profile infeasible at this depth
+            raise SystemExit(
+                f"depth_limit: {name}: {e}\nThe λ profiles come from --profiles, "
+                f"--lambda-constant {args.lambda_constant} and --lambda-amplitude "
+                f"{args.lambda_amplitude}; the entries already finished are kept in "
+                f"{store.dir} and a rerun resumes from them."
+            ) from e
         seconds = time.time() - t0
         store.put(name, inputs, {"result": to_lists(res), "seconds": seconds})
         results[name], timings[name] = res, seconds

@@ -1,17 +1,20 @@
-"""ReLU networks: the metric M(θ(t)) against the intrinsic kernel K(z(t), h(θ0)) along
-training, parameter flow against the intrinsic flow in z, and the activation-pattern
-changes (THEORY §4).
+"""ReLU networks: gradient flow through the kinks (Filippov sliding), the metric M(θ(t)) against
+the intrinsic kernel K(z(t), h(θ0)), and the parameter flow against the intrinsic flow in z on
+every interval (THEORY §4).
 
 Two- and three-layer MLPs and a DAG with skip connections, generic unbalanced
-initializations, trained by gradient flow on a small regression set; see
-`node_flow.relu.train`. Writes `relu_intrinsic.json` and `relu_intrinsic.png` to `--out`.
+initializations, trained by gradient flow to `--t1` on a small regression set with
+`node_flow.relu.train`. With `--large`, also a two-layer ReLU network with 50 hidden neurons,
+100 inputs and 1,000 samples of a 3-neuron teacher, trained by gradient flow to `--large-t1`
+and compared with gradient descent at decreasing step sizes (a jitted `lax.scan`, autodiff
+ReLU'(0) = 0). Writes `relu_intrinsic.json` and `relu_intrinsic.png` to `--out`.
 
-    python experiments/relu_intrinsic.py --out results/relu --seed 0 --t1 3
+    python experiments/relu_intrinsic.py --out results/relu --seed 0 --t1 3 [--large]
 """
 
 import argparse
-import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -25,12 +28,14 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import node_flow.relu as relu  # noqa: E402
+from node_flow._io import atomic_savefig, atomic_write_json  # noqa: E402
 
 
 logger = logging.getLogger("relu_intrinsic")
@@ -40,6 +45,12 @@ DAG_EDGES = (
     (0, 3), (1, 3), (2, 3), (0, 4), (1, 4), (2, 4),
     (3, 5), (4, 5), (1, 5), (2, 5), (5, 6), (5, 7), (3, 6), (4, 7), (0, 6),
 )  # fmt: skip
+
+# The large case (Kunin et al. 2024; Chizat & Bach's lazy vs rich): inputs, hidden
+# neurons, samples, teacher neurons; first-layer scale 2/√d (pre-activations of order 2)
+# and a small output layer 0.05/√m.
+LARGE = dict(inputs=100, hidden=50, samples=1000, teacher=3, w_scale=2.0, u_scale=0.05)
+GD_STEPS = (0.02, 0.01, 0.005, 0.0025)
 
 
 def make_mlp(key, widths, scales):
@@ -65,43 +76,181 @@ def make_data(key, n):
     return X, Y
 
 
+def make_large(key):
+    """Teacher y = Σ_k relu(w*_k · x) with orthonormal w*_k; student without biases."""
+    c = LARGE
+    kx, kt, kw, ku = jr.split(key, 4)
+    X = jr.normal(kx, (c["samples"], c["inputs"]))
+    teacher = jnp.linalg.qr(jr.normal(kt, (c["inputs"], c["teacher"])))[0].T
+    Y = jnp.sum(jax.nn.relu(X @ teacher.T), axis=1, keepdims=True)
+    W = c["w_scale"] * jr.normal(kw, (c["hidden"], c["inputs"])) / math.sqrt(c["inputs"])
+    U = c["u_scale"] * jr.normal(ku, (1, c["hidden"])) / math.sqrt(c["hidden"])
+    return relu.MLP([W, U]), X, Y
+
+
 @eqx.filter_jit
 def diagnostics(net, sol):
-    """Relative ‖M(θ(t)) − K(z(t), h0)‖_F / ‖M‖_F, relative z error, h drift at every save."""
+    """Relative ‖M(θ(t)) − K(z(t), h0)‖_F / ‖M‖_F and h drift at every save."""
     models = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sol.models)
     zs = sol.zs.reshape(-1, sol.zs.shape[-1])
     Ms = jax.vmap(relu.metric_matrix)(models)
     Ks = jax.vmap(lambda z: relu.intrinsic_kernel(z, sol.h0, net.arch))(zs)
     mk = jnp.linalg.norm(Ms - Ks, axis=(1, 2)) / jnp.linalg.norm(Ms, axis=(1, 2))
-    zi = sol.zs_intrinsic.reshape(zs.shape)
-    zerr = jnp.max(jnp.abs(zs - zi), axis=1) / jnp.max(jnp.abs(zs), axis=1)
     hs = jax.vmap(relu.conservation_laws)(models)
     drift = jnp.max(jnp.abs(hs - sol.h0), axis=1) / jnp.max(jnp.abs(sol.h0))
-    return mk, zerr, drift
+    return mk, drift
 
 
-def closed_form_error(net, sol):
-    """Two layers: THEORY §4's closed form of θ² from (z(t), h0) against θ(t)²."""
-    models = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sol.models)
-    zs = sol.zs.reshape(-1, sol.zs.shape[-1])
-    closed = jax.vmap(lambda z: relu.two_layer_squares(z, sol.h0, net.arch))(zs)
-    true = jax.vmap(lambda m: m.edge_weights() ** 2)(models)
-    return float(jnp.max(jnp.abs(closed - true) / jnp.max(true, axis=1, keepdims=True)))
+def interval_summary(sol):
+    """What the summary JSON records about the intervals of a run."""
+    errors = {"flow": [], "velocity": []}
+    for iv in sol.intervals:
+        if iv.intrinsic_error is not None:
+            errors[iv.intrinsic_kind].append(iv.intrinsic_error)
+    return {
+        "stop_reason": sol.stop_reason,
+        "t_final": float(sol.boundaries[-1]),
+        "pattern_changes": sol.num_pattern_changes,
+        "pattern_change_times": [float(t) for t in sol.switch_times],
+        "sliding_intervals": sol.num_sliding_intervals,
+        "max_rel_z_param_vs_intrinsic_flow": max(errors["flow"], default=None),
+        "max_rel_velocity_gap_on_sliding": max(errors["velocity"], default=None),
+        "intrinsic_skipped": sol.intrinsic_skipped,
+        "chattering": None if sol.chattering is None else sol.chattering.message,
+        "intervals": [
+            {
+                "start": iv.start,
+                "end": iv.end,
+                "changed": [list(e) for e in iv.changed],
+                "sliding": [list(e) for e in iv.sliding],
+                "gate_range": iv.gate_range,
+                "intrinsic_kind": iv.intrinsic_kind,
+                "intrinsic_error": iv.intrinsic_error,
+            }
+            for iv in sol.intervals
+        ],
+    }
 
 
-def atomic_write(path, write):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def run_small(args, X, Y, nets):
+    report, curves = {}, {}
+    for name, net in nets.items():
+        start = time.perf_counter()
+        arch = net.arch
+        logger.info(
+            "%s: %d edges, %d paths, %d hidden", name, arch.num_edges, arch.num_paths,
+            len(arch.hidden),
+        )  # fmt: skip
+        sol = relu.train(net, X, Y, args.t1, saves=args.saves, rtol=args.tol, atol=args.tol)
+        entry = interval_summary(sol)
+        if sol.intrinsic_skipped is None:
+            mk, drift = diagnostics(net, sol)
+            entry["max_rel_M_minus_K"] = float(jnp.max(mk))
+            entry["max_rel_conservation_drift"] = float(jnp.max(drift))
+        entry.update(
+            edges=arch.num_edges,
+            paths=arch.num_paths,
+            hidden=len(arch.hidden),
+            loss_initial=float(sol.losses[0, 0]),
+            loss_final=float(sol.losses[-1, -1]),
+            seconds=time.perf_counter() - start,
+        )
+        report[name] = entry
+        curves[name] = sol
+        logger.info(
+            "%s: stop %s at t = %.4g, %d pattern changes, %d sliding intervals, %.1f s",
+            name, entry["stop_reason"], entry["t_final"], entry["pattern_changes"],
+            entry["sliding_intervals"], entry["seconds"],
+        )  # fmt: skip
+    return report, curves
 
 
-def main():
+def gradient_descent(net, X, Y, lr, t1):
+    """Plain gradient descent with jax.nn.relu (ReLU'(0) = 0) for round(t1/lr) steps."""
+    steps = int(round(t1 / lr))
+
+    @jax.jit
+    def run(theta):
+        loss = lambda th: relu.network_loss(net.with_edge_weights(th), X, Y)
+        step = lambda th, _: (th - lr * jax.grad(loss)(th), None)
+        return jax.lax.scan(step, theta, None, length=steps)[0]
+
+    return run(net.edge_weights())
+
+
+def run_large(args):
+    net, X, Y = make_large(jr.key(args.seed + 1))
+    start, cpu = time.perf_counter(), time.process_time()
+    sol = relu.train(
+        net, X, Y, args.large_t1, saves=2, rtol=args.large_tol, atol=args.large_tol,
+        intrinsic=False, max_intervals=args.large_max_intervals,
+    )  # fmt: skip
+    # Wall time on a shared machine overstates the cost; the process CPU time (both cores
+    # together) is recorded too.
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    entry = interval_summary(sol)
+    del entry["intervals"]
+    entry.update(LARGE, t1=args.large_t1, tol=args.large_tol)
+    entry.update(seconds=seconds, cpu_seconds=cpu_seconds, load_average=os.getloadavg())
+    entry["loss_initial"] = float(sol.losses[0, 0])
+    entry["loss_final"] = float(sol.losses[-1, -1])
+    losses = np.asarray(sol.losses[:, -1])
+    ends = np.asarray(sol.boundaries[1:])
+    late = ends >= 0.8 * ends[-1]
+    entry["loss_change_last_20_percent"] = float(losses[late][0] - losses[-1])
+    logger.info("large: %s", {k: v for k, v in entry.items() if k != "pattern_change_times"})
+    theta = sol.models.weights
+    theta_gf = jnp.concatenate([w[-1, -1].ravel() for w in theta])
+    out_gf = jax.vmap(net.with_edge_weights(theta_gf))(X)
+    gd = []
+    if entry["stop_reason"] == "t1":
+        for lr in GD_STEPS:
+            t0 = time.perf_counter()
+            theta_gd = gradient_descent(net, X, Y, lr, args.large_t1)
+            out_gd = jax.vmap(net.with_edge_weights(theta_gd))(X)
+            gd.append(
+                dict(
+                    lr=lr,
+                    steps=int(round(args.large_t1 / lr)),
+                    rel_theta_distance=float(
+                        jnp.linalg.norm(theta_gd - theta_gf) / jnp.linalg.norm(theta_gf)
+                    ),
+                    rel_output_distance=float(
+                        jnp.linalg.norm(out_gd - out_gf) / jnp.linalg.norm(out_gf)
+                    ),
+                    seconds=time.perf_counter() - t0,
+                )
+            )
+            logger.info("large: GD %s", gd[-1])
+    entry["gradient_descent"] = gd
+    return entry, sol
+
+
+def plot(curves, large_sol, path):
+    cols = len(curves) + (large_sol is not None)
+    fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 3.6))
+    items = list(curves.items()) + ([("large", large_sol)] if large_sol is not None else [])
+    for ax, (name, sol) in zip(np.atleast_1d(axes), items):
+        ax.plot(np.asarray(sol.ts).ravel(), np.asarray(sol.losses).ravel(), color="k", lw=1)
+        for iv in sol.intervals:
+            if iv.sliding:
+                ax.axvspan(iv.start, iv.end, color="tab:orange", alpha=0.3, lw=0)
+        if len(sol.intervals) <= 200:
+            for t in np.asarray(sol.switch_times):
+                ax.axvline(float(t), color="tab:red", lw=0.6, ls="--")
+        ax.set(
+            title=f"{name}: {sol.stop_reason}, {sol.num_pattern_changes} changes",
+            xlabel="training time t",
+            ylabel="loss",
+            yscale="log",
+        )
+    fig.suptitle("ReLU gradient flow: kink events (red), sliding intervals (orange)")
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/relu", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and data")
@@ -109,10 +258,36 @@ def main():
     parser.add_argument("--samples", type=int, default=12, help="number of training samples")
     parser.add_argument("--saves", type=int, default=11, help="save times per interval")
     parser.add_argument("--tol", type=float, default=1e-11, help="rtol = atol of the flows")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    os.makedirs(args.out, exist_ok=True)
+    parser.add_argument("--large", action="store_true", help="add the 100-50-1 network")
+    parser.add_argument("--large-t1", type=float, default=2.0, help="its training time")
+    parser.add_argument("--large-tol", type=float, default=1e-8, help="its rtol = atol")
+    parser.add_argument("--large-max-intervals", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    bad = []
+    for name in ("t1", "tol", "large_t1", "large_tol"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v > 0):
+            bad.append(f"--{name.replace('_', '-')} must be a finite number > 0 (got {v})")
+    for name, low in (("samples", 1), ("saves", 2), ("large_max_intervals", 1)):
+        if getattr(args, name) < low:
+            bad.append(f"--{name.replace('_', '-')} must be ≥ {low} (got {getattr(args, name)})")
+    if args.tol >= 1 or args.large_tol >= 1:
+        bad.append("--tol and --large-tol must be < 1")
+    if bad:
+        parser.error("; ".join(bad))
+    try:  # before any computation: the results must be writable
+        os.makedirs(args.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):
+            pass
+    except OSError as err:
+        parser.error(f"--out {args.out!r} is not a writable directory ({err})")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("node_flow").setLevel(logging.WARNING)
     key_data, k2, k3, kd = jr.split(jr.key(args.seed), 4)
     X, Y = make_data(key_data, args.samples)
     nets = {
@@ -121,62 +296,13 @@ def main():
         "dag_skip": make_dag(kd),
     }
     report = {"seed": args.seed, "t1": args.t1, "samples": args.samples, "tol": args.tol}
-    curves = {}
-    for name, net in nets.items():
-        start = time.perf_counter()
-        logger.info("%s: %d edges, %d paths, %d hidden neurons", name, net.arch.num_edges,
-                    net.arch.num_paths, len(net.arch.hidden))  # fmt: skip
-        sol = relu.train(net, X, Y, args.t1, saves=args.saves, rtol=args.tol, atol=args.tol)
-        mk, zerr, drift = diagnostics(net, sol)
-        entry = {
-            "edges": net.arch.num_edges,
-            "paths": net.arch.num_paths,
-            "hidden": len(net.arch.hidden),
-            "h0": [float(v) for v in sol.h0],
-            "pattern_change_times": [float(t) for t in sol.switch_times],
-            "stop_reason": sol.stop_reason,
-            "loss_initial": float(sol.losses[0, 0]),
-            "loss_final": float(sol.losses[-1, -1]),
-            "max_rel_M_minus_K": float(jnp.max(mk)),
-            "max_rel_z_param_vs_intrinsic": float(jnp.max(zerr)),
-            "max_rel_conservation_drift": float(jnp.max(drift)),
-            "seconds": time.perf_counter() - start,
-        }
-        if net.arch.depth == 2:
-            entry["max_rel_closed_form_vs_theta_sq"] = closed_form_error(net, sol)
-        report[name] = entry
-        curves[name] = (sol, mk, zerr)
-        logger.info("%s: %s", name, json.dumps(entry))
-
-    fig, axes = plt.subplots(2, len(nets), figsize=(4.2 * len(nets), 6.5), sharex=True)
-    for j, (name, (sol, mk, zerr)) in enumerate(curves.items()):
-        ts = sol.ts.ravel()
-        ax = axes[0, j]
-        ax.plot(ts, sol.losses.ravel(), color="k")
-        for t in sol.switch_times:
-            ax.axvline(float(t), color="tab:red", lw=0.8, ls="--")
-        ax.set(title=name, ylabel="loss", yscale="log")
-        ax = axes[1, j]
-        tiny = 1e-17  # exact zeros at t0 cannot be drawn on a log scale
-        ax.semilogy(ts, jnp.maximum(mk, tiny), ".", label="‖M(θ) − K(z, h0)‖/‖M‖")
-        ax.semilogy(ts, jnp.maximum(zerr, tiny), ".", label="|z_param − z_intrinsic|/|z|")
-        for t in sol.switch_times:
-            ax.axvline(float(t), color="tab:red", lw=0.8, ls="--")
-        ax.set(xlabel="training time t", ylabel="relative error")
-    axes[1, 0].legend(fontsize=8)
-    fig.suptitle("ReLU networks: intrinsic metric and dynamics (red: pattern changes)")
-    fig.tight_layout()
-    atomic_write(
-        os.path.join(args.out, "relu_intrinsic.png"),
-        lambda p: fig.savefig(p, dpi=120, format="png"),
-    )
-    plt.close(fig)
-
-    def write_json(p):
-        with open(p, "w") as f:
-            json.dump(report, f, indent=2)
-
-    atomic_write(os.path.join(args.out, "relu_intrinsic.json"), write_json)
+    small, curves = run_small(args, X, Y, nets)
+    report.update(small)
+    large_sol = None
+    if args.large:
+        report["large"], large_sol = run_large(args)
+    plot(curves, large_sol, os.path.join(args.out, "relu_intrinsic.png"))
+    atomic_write_json(os.path.join(args.out, "relu_intrinsic.json"), report)
     logger.info("wrote %s", args.out)
 
 

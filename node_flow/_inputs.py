@@ -9,6 +9,7 @@ computation with `eqx.error_if` (same message).
 
 import numbers
 from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import equinox as eqx
 import jax
@@ -16,6 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import is_concrete
+
+
+CountLike: TypeAlias = Any
+"""A count (depth, width, number of cells or steps): an integer (Python, NumPy or concrete
+JAX), validated by `as_count` so that anything else gets a message naming the argument."""
+ScaleLike: TypeAlias = Any
+"""A real scale (standard deviation, size, tolerance), validated by `as_scale`."""
+WidthsLike: TypeAlias = Sequence[CountLike] | Any
+"""A width chain (n_0, ..., n_L), validated by `as_widths`."""
 
 
 def as_count(fname: str, argname: str, value, minimum: int = 1) -> int:
@@ -152,6 +162,6 @@ def as_real_array(fname: str, argname: str, value, ndim: int | None = None) -> j
         )
     if array.size == 0:
         raise ValueError(f"{fname}: `{argname}` is empty (shape {array.shape}).")
-    if is_concrete(array) and not bool(jnp.all(jnp.isfinite(array))):
+    if is_concrete(array) and not np.all(np.isfinite(np.asarray(array))):
         raise ValueError(f"{fname}: `{argname}` holds non-finite values (NaN or inf).")
     return array

@@ -17,13 +17,23 @@ from typing import Any, IO
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Any]) -> Path:
     """Write `data` (text, bytes, or a function `f ↦ None` writing to a binary file
-    object) to `path` atomically; creates the parent folder. Returns the path."""
+    object) to `path` atomically; creates the parent folder. The file gets the permissions
+    a plain `open(path, "w")` would give it. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); give it the mode `open` would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, str):
                 f.write(data.encode())

@@ -198,7 +198,8 @@ class MatrixCompletion(eqx.Module):
 
     def __init__(self, rows, cols, values, shape):
         if (
-            not isinstance(shape, tuple | list)
+            not isinstance(shape, tuple | list | np.ndarray)
+            or np.ndim(shape) != 1
             or len(shape) != 2
             or not all(isinstance(n, int | np.integer) and not isinstance(n, bool) for n in shape)
             or min(shape) < 1

@@ -8,11 +8,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree, Real, Shaped
 
 from ._basis import AbstractBasis, as_basis
 from ._checks import is_concrete
-from ._inputs import as_count, as_real_array, as_scale
+from ._custom_types import ScalarLike
+from ._inputs import as_count, as_real_array, as_scale, CountLike, ScaleLike
 from ._lifting import AbstractLifting
 from ._residual import ResidualLinearNetwork
 
@@ -78,16 +79,16 @@ class LinearNeuralODE(AbstractLifting):
 
     def __init__(
         self,
-        A: Float[ArrayLike, "..."],
+        A: Shaped[ArrayLike, "..."],
         interpolation: str | AbstractBasis = "linear",
         *,
         solver: diffrax.AbstractSolver | None = None,
         stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
+        rtol: ScaleLike | None = None,
+        atol: ScaleLike | None = None,
         adjoint: diffrax.AbstractAdjoint | None = None,
-        max_steps: int | None = None,
-        dt0: float | None = None,
+        max_steps: CountLike | None = None,
+        dt0: ScaleLike | None = None,
         forward_autodiff: bool = False,
     ):
         fname = "LinearNeuralODE"
@@ -166,7 +167,7 @@ class LinearNeuralODE(AbstractLifting):
         settings.update(changes)
         return LinearNeuralODE(settings.pop("A"), settings.pop("interpolation"), **settings)
 
-    def at(self, s: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch n n"]:
+    def at(self, s: Real[ArrayLike, "*batch"]) -> Float[Array, "*batch n n"]:
         r"""The weight function $A(s)$ at depth(s) `s` $\in [0, 1]$.
 
         $A$ is defined on $[0, 1]$ only: `s` outside it (or NaN) raises a `ValueError`
@@ -177,9 +178,10 @@ class LinearNeuralODE(AbstractLifting):
         out = flat.reshape(s.shape + (self.n, self.n))
         return _guard_depths("LinearNeuralODE.at", "s", out, s)
 
-    def transition(self, s0: float = 0.0, s1: float = 1.0) -> Float[Array, "n n"]:
+    def transition(self, s0: ScalarLike = 0.0, s1: ScalarLike = 1.0) -> Float[Array, "n n"]:
         r"""$\Phi(s_1, s_0)$, solving $\partial_s \Phi = A(s)\Phi$, $\Phi(s_0) = I$, for
-        $s_0, s_1 \in [0, 1]$ (either order; outside it a `ValueError`, as for `at`)."""
+        $s_0, s_1 \in [0, 1]$ (outside it a `ValueError`, as for `at`; $s_1 < s_0$ integrates
+        backwards, giving $\Phi(s_0, s_1)^{-1}$)."""
         dtype = self.A.dtype
         s0 = _check_depths("LinearNeuralODE.transition", "s0", s0, dtype)
         s1 = _check_depths("LinearNeuralODE.transition", "s1", s1, dtype)
@@ -252,7 +254,7 @@ class LinearNeuralODE(AbstractLifting):
         AT = jnp.swapaxes(A, -1, -2)
         return dS + AT @ A - A @ AT
 
-    def to_residual(self, L: int) -> ResidualLinearNetwork:
+    def to_residual(self, L: CountLike) -> ResidualLinearNetwork:
         r"""The depth-$L$ residual network $U_k = I + A(s_{k-1/2})/L$ sampling $A$ at the
         cell midpoints $s_{k-1/2} = (k - \frac12)/L$. `L`: an integer $\ge 1$ (Python, NumPy
         or concrete JAX)."""

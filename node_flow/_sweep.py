@@ -156,7 +156,9 @@ def _trace(fn, treedef, leaves, impls):
         return arrays
 
     closed, struct = jax.make_jaxpr(arrays_only, return_shape=True)(first)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(rest[0])[0]:
+    not_arrays = jax.tree_util.tree_flatten_with_path(rest[0])[0]
+    if not_arrays:
+        path, leaf = not_arrays[0]
         raise TypeError(
             f"sweep: `fn` must return a pytree of arrays; its output at "
             f"{jax.tree_util.keystr(path)} is a {type(leaf).__name__}."
@@ -194,7 +196,7 @@ def _failures(struct, columns: list[np.ndarray]) -> dict[int, str]:
     codes = _result_codes(struct)
     reasons: dict[int, list[str]] = {}
     for where, enum, structure, position in codes:
-        ok = [getattr(enum, "successful"), getattr(enum, "event_occurred", None)]
+        ok = [enum.successful, getattr(enum, "event_occurred", None)]
         ok = [int(jax.tree.leaves(item)[0]) for item in ok if item is not None]
         column = columns[position].reshape(len(columns[position]), -1)
         for i in np.flatnonzero(~np.all(np.isin(column, ok), axis=1)):
@@ -204,18 +206,17 @@ def _failures(struct, columns: list[np.ndarray]) -> dict[int, str]:
                     f"{where}: {message}" if len(codes) > 1 else message
                 )
     if not codes:
-        paths = [
-            jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(struct)[0]
-        ]
-        for where, column in zip(paths, columns):
-            if not jnp.issubdtype(column.dtype, jnp.inexact):
-                continue
-            rows = ~np.all(np.isfinite(column.reshape(len(column), -1)), axis=1)
-            for i in np.flatnonzero(rows):
-                reasons.setdefault(int(i), []).append(
-                    f"non-finite result at {where or 'the output'} (`fn` returns no result "
-                    "code, such as a FlowSolution with throw=False, to say why)"
-                )
+        nonfinite: dict[int, list[str]] = {}
+        for (path, _), column in zip(jax.tree_util.tree_flatten_with_path(struct)[0], columns):
+            if jnp.issubdtype(column.dtype, jnp.inexact):
+                rows = ~np.all(np.isfinite(column.reshape(len(column), -1)), axis=1)
+                for i in np.flatnonzero(rows):
+                    nonfinite.setdefault(int(i), []).append(jax.tree_util.keystr(path))
+        for i, where in nonfinite.items():
+            reasons[i] = [
+                f"non-finite result at {', '.join(where) or 'the output'} (`fn` returns no "
+                "result code, such as a FlowSolution with throw=False, to say why)"
+            ]
     return {i: "; ".join(r) for i, r in sorted(reasons.items())}
 
 

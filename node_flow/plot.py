@@ -113,7 +113,11 @@ def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
             f"convergence: hs and errors must have one length; got {len(hs)} and {len(errors)}."
         )
     start = 0 if fit_from is None else fit_from
-    if not isinstance(start, int | np.integer) or not 0 <= start <= len(hs) - 2:
+    if (
+        isinstance(start, bool)
+        or not isinstance(start, int | np.integer)
+        or not 0 <= start <= len(hs) - 2
+    ):
         raise ValueError(
             f"convergence: fit_from = {fit_from!r} must be an int in [0, {len(hs) - 2}] so "
             f"that at least two of the {len(hs)} points are fitted."
@@ -124,10 +128,21 @@ def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
     (line,) = ax.loglog(hs, errors, "o-", label=f"{label}: {text}" if label else text)
     h = np.geomspace(hs[start:].min(), hs[start:].max(), 2)
     ax.loglog(h, np.exp(fit.intercept) * h**fit.slope, "--", color=line.get_color(), lw=1)
+    _label_points(ax, hs)
     ax.set_xlabel(ax.get_xlabel() or "h")
     ax.set_ylabel(ax.get_ylabel() or "error")
     ax.legend(fontsize="small")
     return ax, fit
+
+
+def _label_points(ax, hs: np.ndarray) -> None:
+    """Under two decades of h, matplotlib labels minor ticks until they overlap: label the
+    points themselves instead."""
+    if hs.max() / hs.min() < 100:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(hs, [f"{h:g}" for h in hs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _finite_times(fname: str, sol) -> np.ndarray:

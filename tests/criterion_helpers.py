@@ -18,6 +18,17 @@ def relaxed_balanced_two_layer(rng, n: int, lam: float) -> tuple[np.ndarray, np.
     return W @ np.diag(s1) @ Y.T, X @ np.diag(s2) @ W.T
 
 
+def relaxed_balanced_rectangular(
+    rng, n0: int, r: int, n2: int, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rectangular factors `U1` (r × n0), `U2` (n2 × r), r ≤ n2, with `U2^T U2 - U1 U1^T = lam I`:
+    `U1` Gaussian, `U2 = Q (U1 U1^T + lam I)^{1/2}` with Q (n2 × r) orthonormal columns."""
+    U1 = rng.standard_normal((r, n0))
+    w, E = np.linalg.eigh(U1 @ U1.T + lam * np.eye(r))
+    U2 = orthogonal(rng, n2)[:, :r] @ E @ np.diag(np.sqrt(w)) @ E.T
+    return U1, U2
+
+
 def non_isotropic_two_layer(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Square factors whose conserved `C` has eigenvalues spread over [-0.5, 1.5]:
     `U2 = X (C + U1 U1^T)^{1/2}` with `U1 U1^T ⪰ 0.6 I`."""

@@ -15,6 +15,7 @@ from node_flow.criterion import liftings
 from .criterion_helpers import (
     non_isotropic_two_layer,
     relaxed_balanced_deep,
+    relaxed_balanced_rectangular,
     relaxed_balanced_two_layer,
     two_layer_oracle,
 )
@@ -113,10 +114,16 @@ def test_lie_trace_basis_is_orthonormal_and_starts_with_jacobian_rows():
 @pytest.mark.parametrize("widths", [(3, 3, 3), (4, 2, 3)], ids=["square", "rectangular"])
 @pytest.mark.parametrize("init", ["relaxed", "generic"])
 def test_two_layer_intersection_and_residual_match_hand_derived_fibre_and_leaf(widths, init):
+    """Relaxed balanced (C = 0.4 I, square or rectangular) and generic points: the criterion's
+    intersection and residual equal the hand-derived ones; relaxed points hold (THEORY §2),
+    generic ones fail."""
     rng = np.random.default_rng(sum(widths))
     n0, r, n2 = widths
     if init == "relaxed" and n0 == r == n2:
         U1, U2 = relaxed_balanced_two_layer(rng, r, lam=0.4)
+    elif init == "relaxed":
+        U1, U2 = relaxed_balanced_rectangular(rng, n0, r, n2, lam=0.4)
+        np.testing.assert_allclose(U2.T @ U2 - U1 @ U1.T, 0.4 * np.eye(r), atol=1e-12)
     else:
         U1, U2 = rng.standard_normal((r, n0)), rng.standard_normal((n2, r))
     dim, basis, residual = two_layer_oracle(U1, U2)
@@ -130,6 +137,7 @@ def test_two_layer_intersection_and_residual_match_hand_derived_fibre_and_leaf(w
         np.testing.assert_allclose(P @ P.T, basis @ basis.T, atol=1e-10)
         # residuals in [0, 1]; O(1) values agree to 1e-8 relative, tiny ones are both tiny
         np.testing.assert_allclose(report.residual, residual, rtol=1e-8, atol=1e-13)
+        assert report.holds is (init == "relaxed"), report.reason
 
 
 def test_two_layer_square_criterion_holds_iff_C_is_isotropic():
@@ -249,3 +257,37 @@ def test_unconverged_trace_gives_no_count_and_no_positive_verdict():
         criterion.num_conservation_laws(phi, theta, max_depth=1)
     report = criterion.kernel_inclusion(phi, theta, max_depth=1)
     assert report.holds is None and "still growing" in report.reason
+
+
+def test_non_generic_point_gets_no_confident_answer():
+    """θ = 0 for deep_linear((2, 2, 2)): ∂φ(0) = 0, so D − dim Lie = 8 and ∂M = 0 (the
+    inclusion holds trivially), while at generic points there are 3 laws (C = U2ᵀU2 − U1U1ᵀ)
+    and the criterion fails. The count raises, the verdict is undecided, with the ranks."""
+    phi = liftings.deep_linear((2, 2, 2))
+    zero = (jnp.zeros((2, 2)), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="non-generic point: rank ∂φ\\(θ\\) = 0 but 4"):
+        criterion.num_conservation_laws(phi, zero)
+    for conserved in (None, phi.conserved):
+        report = criterion.kernel_inclusion(phi, zero, conserved)
+        assert report.holds is None and not report.generic, report.reason
+        assert report.rank_jacobian == 0 and report.generic_rank_jacobian == 4
+        assert "non-generic" in report.reason
+    # a generic point nearby gets the generic answers
+    nearby = tuple(0.1 * U for U in _sample(phi, 9))
+    assert criterion.num_conservation_laws(phi, nearby) == 3
+    report = criterion.kernel_inclusion(phi, nearby)
+    assert report.generic and report.holds is False
+
+
+def test_too_large_problem_is_refused_with_memory_figure_before_forming_anything():
+    """D = 20,000 (deep_linear((100, 100, 100))): the dense Jacobian alone is 10⁴ × 2·10⁴;
+    refused at once (no Jacobian is formed), naming the size and an alternative."""
+    import time
+
+    phi = liftings.deep_linear((100, 100, 100))
+    theta = (jnp.zeros((100, 100)), jnp.zeros((100, 100)))
+    for fn in (criterion.kernel_inclusion, criterion.num_conservation_laws, criterion.lie_trace):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=r"D = 20000 .* d = 10000 .* 4\.8 GB .*small widths"):
+            fn(phi, theta)
+        assert time.perf_counter() - start < 5.0

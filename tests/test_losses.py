@@ -97,7 +97,8 @@ def test_matrix_completion_matches_dense_mask_formula_and_sensing_with_indicator
     # The stored order is row-major; the loss does not depend on the order given.
     assert np.all(np.diff(np.asarray(loss.rows) * z.shape[1] + np.asarray(loss.cols)) > 0)
     perm = np.random.default_rng(1).permutation(m)
-    shuffled = nf.MatrixCompletion(list(rows[perm]), cols[perm], values[perm], z.shape)
+    shape = np.array(z.shape)  # any sequence of two ints
+    shuffled = nf.MatrixCompletion(list(rows[perm]), cols[perm], values[perm], shape)
     assert rel(shuffled(jnp.asarray(z)), value) <= RTOL
 
 

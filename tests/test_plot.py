@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -79,6 +80,7 @@ def test_convergence_legend_shows_the_returned_fit(label, fit_from):
         ([0.1, 0.05, 0.02], [1e-3, 1e-4], None, "one length"),
         ([0.1, 0.05, 0.02], [1e-3, 1e-4, 1e-5], 2, r"fit_from = 2 must be an int in \[0, 1\]"),
         ([0.1, 0.05, 0.02], [1e-3, 1e-4, 1e-5], 0.5, "fit_from = 0.5"),
+        ([0.1, 0.05, 0.02], [1e-3, 1e-4, 1e-5], True, "fit_from = True"),
         ([[0.1, 0.05]], [[1e-3, 1e-4]], None, "must be 1-D"),
     ],
 )
@@ -117,6 +119,23 @@ def test_flow_plots_draw_one_line_per_quantity_with_the_closed_form_data():
     assert len(lines) == 2  # depth 3: C_1, C_2 (of different sizes 5 and 2)
     for line, C in zip(lines, laws):
         expected = ((1 + t[1:]) ** 2 - 1) * np.linalg.norm(C)
+        np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+
+
+def test_conservation_of_a_residual_network_matches_numpy_laws():
+    """U_k = I + A_k/L with A(t) = A₀ + t B: C_k(t) formed directly in NumPy."""
+    rng = np.random.default_rng(3)
+    A0, B, ts = rng.normal(size=(3, 2, 2)), rng.normal(size=(3, 2, 2)), np.array([0.0, 0.5, 1])
+    As = A0 + ts[:, None, None, None] * B
+    models = jax.tree.map(jnp.asarray, nf.ResidualLinearNetwork(A0))
+    models = eqx.tree_at(lambda m: m.A, models, jnp.asarray(As))
+    sol = SimpleNamespace(ts=ts, zs=None, losses=None, models=models)
+    U = np.eye(2) + As / 3
+    C = np.swapaxes(U[:, 1:], -1, -2) @ U[:, 1:] - U[:, :-1] @ np.swapaxes(U[:, :-1], -1, -2)
+    lines = nf.plot.conservation(sol, ax=new_axes()).get_lines()
+    assert len(lines) == 2
+    for j, line in enumerate(lines):
+        expected = np.linalg.norm(C[1:, j] - C[0, j], axis=(-2, -1))
         np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
 
 

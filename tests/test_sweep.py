@@ -172,6 +172,7 @@ def four_devices(tmp_path_factory):
     return report, killed, resumed
 
 
+@pytest.mark.slow
 def test_sweep_on_four_devices_is_bitwise_the_one_by_one_results(four_devices):
     """16 gradient flows swept on 4 host devices (default batch: all 16, 4 per device; and
     batches of 8) equal, bit for bit, the 16 flows run one by one through `jax.jit(fn)`."""
@@ -182,6 +183,7 @@ def test_sweep_on_four_devices_is_bitwise_the_one_by_one_results(four_devices):
     assert report["bitwise_batch_8"] is True
 
 
+@pytest.mark.slow
 def test_sweep_batches_are_sharded_over_every_device(four_devices):
     """Each batch's results are a NamedSharding over the 4 devices along "batch", one
     quarter of the configurations per device."""
@@ -194,6 +196,7 @@ def test_sweep_batches_are_sharded_over_every_device(four_devices):
     assert report["result_sharding"] == ["batch"]
 
 
+@pytest.mark.slow
 def test_sweep_pads_the_last_batch_and_drops_the_padding(four_devices):
     """5 configurations on 4 devices run as one batch of 8 (3 copies of the last) and
     come back as 5 exact rows."""
@@ -201,6 +204,7 @@ def test_sweep_pads_the_last_batch_and_drops_the_padding(four_devices):
     assert padded == {"batch_size": 8, "rows": 5, "exact": True}
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_computes_only_the_missing_batch(four_devices):
     """A sweep of 2 batches killed by SIGKILL after its first batch reruns only the second:
     fn executes on configurations 8..15 alone, batch 0 is read back untouched, and the
@@ -213,6 +217,7 @@ def test_killed_sweep_resumes_and_computes_only_the_missing_batch(four_devices):
     assert resumed["bitwise"] is True
 
 
+@pytest.mark.slow
 def test_sweep_rejects_bad_input_with_clear_errors(four_devices):
     """A batch size that does not divide over the devices, leaves disagreeing on N, and an
     `out` folder holding another sweep are ValueErrors that say what to change."""
@@ -246,6 +251,7 @@ print(json.dumps({"devices": [jax.device_count(), jax.local_device_count()],
 """
 
 
+@pytest.mark.slow
 def test_sweep_spans_two_processes_under_jax_distributed(tmp_path):
     """Two processes of 2 host devices each (`jax.distributed.initialize`, 4 global
     devices): both get all 10 results, exactly; a rerun of both loads the 3 batches."""
@@ -443,6 +449,7 @@ def test_sweep_resume_accepts_the_same_computation_under_another_name(tmp_path):
 # --- failures are data, not numbers ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_lists_failed_flows_with_their_result_code_and_stores_it(tmp_path):
     """Issue 12: a failed flow inside a sweep came back (and was stored) as `inf`. Flows with
     `throw=False` and `max_steps=40`: a learning rate of 1e4 makes the explicit solver
@@ -537,3 +544,17 @@ def test_sweep_names_a_damaged_batch_file_and_what_to_do(tmp_path, damage):
     (tmp_path / "batch_00001.npz").unlink()
     res = sweep(jnp.sin, grid, batch_size=2, out=tmp_path)
     assert res.computed == (0, 1) and np.array_equal(res.results, np.sin(np.arange(4.0)))
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (lambda x: {"y": x, "name": "a"}, r"output at \['name'\] is a str"),
+        (lambda x: jax.random.key(0), "returns a PRNG key"),
+        (lambda x: None, "returns no arrays"),
+    ],
+)
+def test_sweep_rejects_outputs_that_are_not_arrays(fn, match):
+    """The output of `fn` is checked from its one trace, before any batch runs."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        sweep(fn, jnp.arange(2.0))

@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._lie import _check_options, LieTrace, trace_problem
-from ._problem import jacobian, make_problem
+from ._problem import check_size, jacobian, make_problem
 from ._rank import cut, default_min_gap, default_rtol, default_tolerance
 
 
@@ -66,7 +66,9 @@ def conservation_laws(
 
     **Returns:** a [`node_flow.criterion.ConservationLaws`][].
 
-    **Raises:** `ValueError` if the rank decisions are ambiguous (gap below `min_gap`), if the
+    **Raises:** `ValueError` if θ is too large to form densely (with the memory figure), if θ
+    is a non-generic point (∂φ has a lower rank than at nearby points, e.g. θ = 0), if the
+    rank decisions are ambiguous (gap below `min_gap`), if the
     trace did not converge within `max_depth`, if a known function is not conserved (its
     gradient is not orthogonal to the trace), or if the known functions are more numerous
     than the count — each case where a number would be a confident wrong answer.
@@ -74,6 +76,7 @@ def conservation_laws(
     name = "conservation_laws"
     _check_options(name, max_depth, batch_size)
     problem = make_problem(phi, theta, name)
+    check_size(problem, name)
     dtype = problem.x.dtype
     rtol = default_rtol(dtype) if rtol is None else rtol
     min_gap = default_min_gap(dtype) if min_gap is None else min_gap
@@ -93,6 +96,14 @@ def conservation_laws(
             f"{name}: the rank decision is ambiguous at this point: singular-value gaps "
             f"{np.asarray(lie.gaps).tolist()} (by bracket depth), smallest trusted {min_gap:.3g}. "
             "θ may be rank-deficient or nearly so; count at a generic nearby point."
+        )
+    if not lie.generic:
+        raise ValueError(
+            f"{name}: θ is a non-generic point: rank ∂φ(θ) = {lie.rank_jacobian} but "
+            f"{lie.generic_rank_jacobian} at a small random perturbation of θ, so "
+            f"D - dim Lie(θ) = {lie.num_conservation_laws} is not the number of conservation "
+            "laws near generic points (e.g. θ = 0). Count at a generic point (a random draw, "
+            "or θ plus a small random perturbation)."
         )
     if not lie.converged:
         raise ValueError(

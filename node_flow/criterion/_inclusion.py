@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._lie import _check_options, LieTrace, trace_problem
-from ._problem import FlatLifting, jacobian, make_problem, numpy_rng
+from ._problem import check_size, FlatLifting, generic_rank, jacobian, make_problem, numpy_rng
 from ._rank import cut, default_min_gap, default_rtol, default_tolerance
 
 
@@ -30,8 +30,14 @@ class KernelInclusion(eqx.Module):
 
     - `holds`: `True` if $\ker\partial\varphi \cap \ker\partial h \subseteq \ker\partial M$ to
       within `tolerance`, `False` if a direction of the intersection moves $M$, `None`
-      (undecided) when a rank decision was ambiguous or the Lie trace did not converge; `reason`
-      says which.
+      (undecided) when a rank decision was ambiguous, the Lie trace did not converge, or θ is
+      a non-generic point where the inclusion holds (e.g. θ = 0, where $\partial M = 0$ while
+      it fails at every nearby generic point); `reason` says which.
+    - `generic`: whether $\operatorname{rank}\partial\varphi(\theta)$ equals its rank at a
+      small random perturbation of θ (`generic_rank_jacobian`). At a non-generic point a
+      failure is still reported (a direction of the fibre in the leaf moves $M$ there), never
+      a success.
+    - `generic_rank_jacobian`: the rank of $\partial\varphi$ at the perturbed point.
     - `residual`: $\rho = \max_{v} \|\partial M(\theta)[v]\|_F \,/\,
       \big(2\,\|\partial\varphi(\theta)\|_2 \max_{v}\|\partial^2\varphi(\theta)[v,\cdot]\|_F\big)$,
       maxima over unit $v$ in the intersection. The denominator bounds the numerator
@@ -60,6 +66,8 @@ class KernelInclusion(eqx.Module):
     worst_direction: Float[Array, " D"]
     num_params: int
     rank_jacobian: int
+    generic: bool
+    generic_rank_jacobian: int
     gap: float
     min_gap: float
     probes: int | None
@@ -164,6 +172,7 @@ def kernel_inclusion(
     if probes is not None and probes < 1:
         raise ValueError(f"{name}: probes must be a positive integer or None; got {probes}.")
     problem = make_problem(phi, theta, name)
+    check_size(problem, name)
     dtype = problem.x.dtype
     rtol = default_rtol(dtype) if rtol is None else rtol
     min_gap = default_min_gap(dtype) if min_gap is None else min_gap
@@ -186,6 +195,7 @@ def kernel_inclusion(
         V = np.asarray(lie.basis, dtype=float)[:, rank_J:]
         gap = float(np.min(np.asarray(lie.gaps)))
         converged = lie.converged
+        rank_nearby = lie.generic_rank_jacobian
     else:
         h, _ = problem.flat(conserved, name, "conserved")
         Jh = np.asarray(jacobian(h, problem.x), dtype=float)
@@ -206,6 +216,7 @@ def kernel_inclusion(
         V = U[:, rank:]
         gap = min(gap_J, gap_h, gap_S)
         converged = True
+        rank_nearby = generic_rank(problem, rank_J, rtol, key)
     k = V.shape[1]
     residual, worst, used_probes = 0.0, np.zeros(D), None
     if k:
@@ -232,6 +243,18 @@ def kernel_inclusion(
     elif residual > tolerance:
         holds = False
         reason = f"fails: residual {residual:.3g} > tolerance {tolerance:.3g}"
+        if rank_nearby > rank_J:
+            reason += (
+                f" (at a non-generic point: rank ∂φ = {rank_J} < {rank_nearby} nearby; a "
+                "direction of the fibre inside the leaf moves M here)"
+            )
+    elif rank_nearby > rank_J:
+        holds = None
+        reason = (
+            f"undecided: θ is a non-generic point (rank ∂φ(θ) = {rank_J}, {rank_nearby} at a "
+            f"small random perturbation, e.g. θ = 0); the residual {residual:.3g} here says "
+            "nothing about nearby generic points: check at a generic point"
+        )
     elif not converged:
         holds = None
         reason = (
@@ -250,6 +273,8 @@ def kernel_inclusion(
         worst_direction=jax.device_put(worst.astype(dtype)),
         num_params=D,
         rank_jacobian=int(rank_J),
+        generic=rank_nearby == rank_J,
+        generic_rank_jacobian=int(rank_nearby),
         gap=float(gap),
         min_gap=float(min_gap),
         probes=used_probes,

@@ -11,7 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._problem import FlatLifting, jacobian, make_problem, numpy_rng, Problem
+from ._problem import (
+    check_size,
+    FlatLifting,
+    generic_rank,
+    jacobian,
+    make_problem,
+    numpy_rng,
+    Problem,
+)
 from ._rank import cut, default_min_gap, default_rtol, gap_of
 
 
@@ -34,6 +42,11 @@ class LieTrace(eqx.Module):
     - `decided`: whether every gap is at least `min_gap`. If not, `dim` is a guess.
     - `converged`: whether the span stopped growing (or filled $\mathbb{R}^D$) before
       `max_depth`. If not, `dim` is only a lower bound.
+    - `generic`: whether θ is a generic point: $\operatorname{rank}\partial\varphi(\theta)$
+      equals `generic_rank_jacobian`, its rank at a small random perturbation of θ. At a
+      non-generic point (e.g. θ = 0) `dim` is not the dimension near generic points, and
+      [`node_flow.criterion.num_conservation_laws`][] raises.
+    - `generic_rank_jacobian`: the rank of $\partial\varphi$ at the perturbed point.
     - `rtol`: the relative threshold of the rank decisions.
     - `num_brackets`: how many bracket fields were evaluated at θ.
     - `seconds`: wall-clock time of the computation.
@@ -48,6 +61,8 @@ class LieTrace(eqx.Module):
     gaps: Float[Array, " depths"]
     decided: bool
     converged: bool
+    generic: bool
+    generic_rank_jacobian: int
     rtol: float
     min_gap: float
     num_brackets: int
@@ -158,6 +173,7 @@ def trace_problem(
         converged = added == 0 or Q.shape[1] == D
     dtype = problem.x.dtype
     gaps_arr = jax.device_put(np.asarray(gaps, dtype=dtype))
+    rank_nearby = generic_rank(problem, dims[0], rtol, key)
     return LieTrace(
         dim=int(Q.shape[1]),
         num_params=D,
@@ -168,6 +184,8 @@ def trace_problem(
         gaps=gaps_arr,
         decided=bool(np.all(np.asarray(gaps) >= min_gap)),
         converged=bool(converged or rank == 0),
+        generic=rank_nearby == dims[0],
+        generic_rank_jacobian=rank_nearby,
         rtol=float(rtol),
         min_gap=float(min_gap),
         num_brackets=num_brackets,
@@ -227,6 +245,7 @@ def lie_trace(
     name = "lie_trace"
     _check_options(name, max_depth, batch_size)
     problem = make_problem(phi, theta, name)
+    check_size(problem, name)
     dtype = problem.x.dtype
     J = np.asarray(jacobian(problem.f, problem.x), dtype=float)
     return trace_problem(

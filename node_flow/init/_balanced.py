@@ -8,13 +8,13 @@ import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._checks import is_concrete
-from .._inputs import as_float_dtype, as_scale, as_widths
+from .._inputs import as_float_dtype, as_scale, as_widths, ScaleLike, WidthsLike
 from .._linear import LinearNetwork
 from ._common import orthonormal, psd_sqrt, spectrum
 
 
 def balanced(
-    key: PRNGKeyArray, widths: Sequence[int], scale: float | int = 1.0, *, dtype=None
+    key: PRNGKeyArray, widths: WidthsLike, scale: ScaleLike = 1.0, *, dtype=None
 ) -> LinearNetwork:
     r"""An exactly balanced deep linear network: $C_j = U_{j+1}^\top U_{j+1} - U_j U_j^\top = 0$.
 
@@ -69,9 +69,9 @@ def _check_lambdas(lambdas, depth) -> np.ndarray:
 
 def relaxed_balanced(
     key: PRNGKeyArray,
-    widths: Sequence[int],
-    lambdas: ArrayLike | Sequence[float],
-    scale: float | int = 1.0,
+    widths: WidthsLike,
+    lambdas: ArrayLike | Sequence,
+    scale: ScaleLike = 1.0,
     *,
     dtype=None,
 ) -> LinearNetwork:

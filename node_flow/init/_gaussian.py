@@ -1,17 +1,15 @@
 """Generic (unbalanced) Gaussian initialization."""
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .._inputs import as_float_dtype, as_scale, as_widths
+from .._inputs import as_float_dtype, as_scale, as_widths, ScaleLike, WidthsLike
 from .._linear import LinearNetwork
 
 
 def gaussian(
-    key: PRNGKeyArray, widths: Sequence[int], std: float | int | None = None, *, dtype=None
+    key: PRNGKeyArray, widths: WidthsLike, std: ScaleLike | None = None, *, dtype=None
 ) -> LinearNetwork:
     r"""A deep linear network with i.i.d. Gaussian factors $U_j \sim \mathcal N(0, \sigma_j^2)$.
 

@@ -35,7 +35,6 @@ singular values. It costs $O(n^3)$.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 

@@ -12,7 +12,7 @@ from jax.scipy.linalg import expm
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._basis import AbstractBasis
-from .._inputs import as_count, as_float_dtype, as_real_array, as_scale
+from .._inputs import as_count, as_float_dtype, as_real_array, as_scale, CountLike, ScaleLike
 from .._neural_ode import LinearNeuralODE
 from .._residual import ResidualLinearNetwork
 
@@ -21,7 +21,7 @@ _QUADRATURE_POINTS = 64
 # The λ profile is probed on this many equispaced depths (the nodes of the grids m = 2, 4, …, 32
 # among them) to refuse a profile that is not scalar or not finite on [0, 1] before any solve.
 _PROFILE_PROBES = 33
-LambdaProfile = Callable[[Array], Array] | float
+LambdaProfile = Callable[[Array], Array] | ScaleLike
 
 
 def _gauss_legendre01(dtype):
@@ -115,7 +115,7 @@ class RelaxedBalancedWeights(eqx.Module):
         return expm(self.K) @ expm(self.S0) * jnp.exp(self.double_integral())
 
     def grid(
-        self, m: int, interpolation: str | AbstractBasis = "linear", **kwargs
+        self, m: CountLike, interpolation: str | AbstractBasis = "linear", **kwargs
     ) -> LinearNeuralODE:
         """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`
         (`m` an integer ≥ 1; further keywords go to [`node_flow.LinearNeuralODE`][])."""
@@ -123,13 +123,13 @@ class RelaxedBalancedWeights(eqx.Module):
         nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
-    def lambdas(self, L: int) -> Float[Array, " laws"]:
+    def lambdas(self, L: CountLike) -> Float[Array, " laws"]:
         r"""The imbalances $\lambda_k = \lambda(k/L)/L^2$, $k = 1..L-1$, of depth $L$."""
         L = as_count("RelaxedBalancedWeights.lambdas", "L", L)
         s = jnp.arange(1, L, dtype=self.K.dtype) / L
         return jax.vmap(self.lam)(s) / L**2
 
-    def residual(self, L: int) -> ResidualLinearNetwork:
+    def residual(self, L: CountLike) -> ResidualLinearNetwork:
         r"""An exactly relaxed balanced depth-$L$ residual network converging to $A$.
 
         With $S_0 = Q \operatorname{diag}(d) Q^\top$ and $s_k = k/L$:
@@ -141,30 +141,43 @@ class RelaxedBalancedWeights(eqx.Module):
         \mu(s_k))/L + O(L^{-2})$). Raises a `ValueError` if some $a_j + c_k \le 0$.
         """
         L = as_count("relaxed_balanced_residual", "L", L)
-        dtype = self.K.dtype
-        d, Q = jnp.linalg.eigh(self.S0)
-        c = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(self.lambdas(L))])
-        sigma2 = jnp.exp(2 * d / L)[None, :] + c[:, None]
-        worst = float(jnp.min(sigma2))
+        d, Q = np.linalg.eigh(np.asarray(self.S0, dtype=np.float64))
+        c = np.concatenate([[0.0], np.cumsum(np.asarray(self.lambdas(L), dtype=np.float64))])
+        sigma2 = np.exp(2 * d / L)[None, :] + c[:, None]
+        worst = float(np.min(sigma2))
         if not worst > 0:
             raise ValueError(
                 f"relaxed_balanced_residual: the λ profile is infeasible at depth L = {L}: "
                 f"σ²_(k,j) = a_j + c_k reaches {worst:.3g} ≤ 0 (the cumulative imbalance "
                 "c_k = Σ_(i<k) λ(i/L)/L² is too negative). Increase L or S0, or raise λ."
             )
-        s = jnp.arange(L + 1, dtype=dtype) / L
-        frames = jax.vmap(lambda x: expm(x * self.K) @ Q)(s)
-        U = frames[1:] * jnp.sqrt(sigma2)[:, None, :] @ jnp.swapaxes(frames[:-1], -1, -2)
-        return ResidualLinearNetwork(L * (U - jnp.eye(self.n, dtype=dtype)))
+        A = _residual_weights(self.K, Q, sigma2)
+        return ResidualLinearNetwork(jnp.asarray(A, self.K.dtype))
+
+
+def _residual_weights(K, Q, sigma2) -> np.ndarray:
+    r"""$A_k = L(U_k - I)$, $U_k = R(s_k) Q \Sigma_k Q^\top R(s_{k-1})^\top$, on the host in
+    float64. The rotations $R(s) = e^{sK}$ of the skew $K$ come from one Hermitian
+    eigendecomposition $iK = V \operatorname{diag}(\omega) V^*$, $R(s) = V
+    \operatorname{diag}(e^{-is\omega}) V^*$: orthogonal to rounding at every $s$, vectorized
+    over the $L + 1$ depths, and without a compilation per depth."""
+    K, Q, sigma2 = (np.asarray(x, dtype=np.float64) for x in (K, Q, sigma2))
+    L, n = sigma2.shape
+    omega, V = np.linalg.eigh(1j * K)
+    s = np.arange(L + 1) / L
+    R = np.einsum("ij,sj,kj->sik", V, np.exp(-1j * s[:, None] * omega), V.conj()).real
+    frames = R @ Q
+    U = frames[1:] * np.sqrt(sigma2)[:, None, :] @ np.swapaxes(frames[:-1], -1, -2)
+    return L * (U - np.eye(n))
 
 
 def relaxed_balanced_weights(
     key: PRNGKeyArray,
-    n: int,
+    n: CountLike,
     lam: LambdaProfile = 0.0,
     *,
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
 ) -> RelaxedBalancedWeights:
@@ -196,13 +209,13 @@ def relaxed_balanced_weights(
 
 def relaxed_balanced(
     key: PRNGKeyArray,
-    n: int,
-    m: int,
+    n: CountLike,
+    m: CountLike,
     lam: LambdaProfile = 0.0,
     *,
     interpolation: str = "linear",
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
     **kwargs,
@@ -224,12 +237,12 @@ def relaxed_balanced(
 
 def relaxed_balanced_residual(
     key: PRNGKeyArray,
-    n: int,
+    n: CountLike,
     lam: LambdaProfile = 0.0,
-    L: int = 16,
+    L: CountLike = 16,
     *,
-    scale: float = 0.5,
-    skew: float = 0.5,
+    scale: ScaleLike = 0.5,
+    skew: ScaleLike = 0.5,
     same_z0: bool = False,
     dtype=None,
 ) -> ResidualLinearNetwork:

@@ -22,6 +22,8 @@ from ._rescaling import (
     two_layer_squares as two_layer_squares,
 )
 from ._training import (
+    Chattering as Chattering,
+    Interval as Interval,
     network_loss as network_loss,
     pattern_loss as pattern_loss,
     PatternChange as PatternChange,

@@ -68,7 +68,7 @@ class DAGNetwork(AbstractReLUNetwork):
     def with_edge_weights(self, theta: Float[ArrayLike, " edges"]) -> "DAGNetwork":
         return DAGNetwork(self.arch, theta)
 
-    def _propagate(self, x):
+    def _propagate(self, x, gates=None):
         arch = self.arch
         x = jnp.asarray(x, dtype=self.weights.dtype)
         if x.shape != (len(arch.inputs),):
@@ -84,12 +84,18 @@ class DAGNetwork(AbstractReLUNetwork):
         is_source[list(arch.inputs + arch.constants)] = True
         is_hidden = np.zeros(n, dtype=bool)
         is_hidden[list(arch.hidden)] = True
+        hidden = np.asarray(arch.hidden, dtype=np.int64)
+        if gates is None:
+            act = lambda pre: jnp.maximum(pre, 0)
+        else:
+            full = jnp.zeros((n,), dtype=x.dtype).at[hidden].set(gates)
+            act = lambda pre: full * pre
 
         # After k sweeps every neuron at distance <= k from the sources is exact, so
         # `depth` sweeps (a fixed, static count) evaluate the whole DAG.
         def sweep(_, post):
             pre = W @ post
-            return jnp.where(is_source, base, jnp.where(is_hidden, jnp.maximum(pre, 0), pre))
+            return jnp.where(is_source, base, jnp.where(is_hidden, act(pre), pre))
 
         post = jax.lax.fori_loop(0, arch.depth, sweep, base)
         return W @ post
@@ -100,3 +106,8 @@ class DAGNetwork(AbstractReLUNetwork):
 
     def pre_activations(self, x: Float[ArrayLike, " inputs"]) -> Float[Array, " hidden"]:
         return self._propagate(x)[np.asarray(self.arch.hidden, dtype=np.int64)]
+
+    def gated(self, x, gates):
+        a = self._propagate(x, jnp.asarray(gates, dtype=self.weights.dtype))
+        arch = self.arch
+        return a[np.asarray(arch.outputs)], a[np.asarray(arch.hidden, dtype=np.int64)]

@@ -92,13 +92,17 @@ def path_activity(
 
 @eqx.filter_jit
 def path_features(
-    X: Float[Array, "samples inputs"], active: Bool[Array, "samples hidden"], arch: Architecture
+    X: Float[Array, "samples inputs"],
+    active: Bool[Array, "samples hidden"] | Float[Array, "samples hidden"],
+    arch: Architecture,
 ) -> Float[Array, "samples paths"]:
     r"""$\Phi_{ip} = [p \text{ active on } x_i]\; x_{i,\mathrm{in}(p)}$ with $x_{\mathrm{in}} = 1$
     for paths that start at a constant (bias) neuron.
 
     On the activation region of a pattern, output $o$ of the network on $x_i$ is
-    $\sum_{p \text{ ending at } o} \Phi_{ip} z_p$.
+    $\sum_{p \text{ ending at } o} \Phi_{ip} z_p$. With floating gates $G_{iv}$ instead of
+    a boolean pattern, $\Phi_{ip} = \prod_{v \in p} G_{iv}\, x_{i,\mathrm{in}(p)}$: the
+    features of the gated network ([`node_flow.relu.AbstractReLUNetwork`][]`.gated`).
     """
     if X.shape[1] != len(arch.inputs):
         raise ValueError(
@@ -107,4 +111,8 @@ def path_features(
         )
     ones = jnp.ones((X.shape[0], len(arch.constants)), dtype=X.dtype)
     starts = jnp.concatenate([X, ones], axis=1)[:, arch.path_start]
-    return jnp.where(path_activity(active, arch), starts, jnp.zeros_like(starts))
+    if active.dtype == jnp.bool_:
+        return jnp.where(path_activity(active, arch), starts, jnp.zeros_like(starts))
+    pad = jnp.ones(active.shape[:-1] + (1,), dtype=active.dtype)
+    gates = jnp.concatenate([active, pad], axis=-1)[..., arch.path_hidden]
+    return starts * jnp.prod(gates, axis=-1).astype(starts.dtype)

@@ -114,17 +114,26 @@ class MLP(AbstractReLUNetwork):
                 start += U.shape[0]
         return MLP(weights, None if self.biases is None else biases)
 
-    def _forward(self, x):
+    def _forward(self, x, gates=None):
         x = jnp.asarray(x, dtype=self.weights[0].dtype)
         if x.shape != (self.widths[0],):
             raise ValueError(f"MLP: expected an input of shape ({self.widths[0]},); got {x.shape}.")
-        pre, h = [], x
+        pre, h, start = [], x, 0
         # A loop over layers of different widths: unrolled once at trace time.
         for j, U in enumerate(self.weights):
             a = U @ h if self.biases is None else U @ h + self.biases[j]
             pre.append(a)
-            h = jnp.maximum(a, 0)
+            if gates is None:
+                h = jnp.maximum(a, 0)
+            elif j + 1 < len(self.weights):
+                h = gates[start : start + a.shape[0]] * a
+                start += a.shape[0]
         return pre
+
+    def gated(self, x, gates):
+        pre = self._forward(x, jnp.asarray(gates, dtype=self.weights[0].dtype))
+        hidden = jnp.concatenate(pre[:-1]) if len(pre) > 1 else pre[-1][:0]
+        return pre[-1], hidden
 
     def __call__(self, x: Float[ArrayLike, " inputs"]) -> Float[Array, " outputs"]:
         r"""$f(x)$ by the layer-by-layer forward pass."""

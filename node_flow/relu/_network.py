@@ -39,6 +39,18 @@ class AbstractReLUNetwork(AbstractLifting):
     def pre_activations(self, x: Float[ArrayLike, " inputs"]) -> Float[Array, " hidden"]:
         """The pre-activations of the hidden neurons (order of `arch.hidden`) on one input."""
 
+    @abc.abstractmethod
+    def gated(
+        self, x: Float[ArrayLike, " inputs"], gates: Float[ArrayLike, " hidden"]
+    ) -> tuple[Float[Array, " outputs"], Float[Array, " hidden"]]:
+        r"""The forward pass with each ReLU replaced by a fixed gate, $\sigma(a_v) \to g_v a_v$:
+        returns the outputs and the hidden pre-activations on one input.
+
+        With `gates` the activation pattern ($g_v = [a_v > 0]$) this is the network itself;
+        a gate in $(0, 1)$ on a neuron with $a_v = 0$ is the one-sided derivative mix of a
+        sliding (Filippov) solution (see [`node_flow.relu.train`][]).
+        """
+
     @property
     def edges(self) -> tuple[tuple[int, int], ...]:
         """The edge list `(u, v)`, in the order of `edge_weights()`."""

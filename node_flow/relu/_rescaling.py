@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import is_concrete
 from ._architecture import Architecture
 
 
@@ -24,7 +25,28 @@ def _check_inputs(fname: str, z, h0, arch: Architecture):
         )
     if not jnp.issubdtype(z.dtype, jnp.floating):
         raise TypeError(f"{fname}: z must be floating; got {z.dtype}.")
+    if is_concrete(h0) and not np.all(np.isfinite(np.asarray(h0))):
+        raise ValueError(
+            f"{fname}: h0 holds non-finite values ({np.asarray(h0).tolist()}); pass the "
+            "conservation laws of a finite network, e.g. relu.conservation_laws(net)."
+        )
     return z, h0.astype(z.dtype)
+
+
+def _check_options(fname: str, rtol, max_steps, lifting_rtol) -> None:
+    """The solver options of the rescaling problem (static: checked at trace time)."""
+    if not (isinstance(rtol, (int, float)) and np.isfinite(rtol) and 0 < rtol < 1):
+        raise ValueError(
+            f"{fname}: `rtol` must be a number in (0, 1), the relative tolerance on h; got "
+            f"{rtol!r} (e.g. 1e-12)."
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(
+            f"{fname}: `max_steps` must be a positive integer (Newton iterations); got "
+            f"{max_steps!r} (e.g. 100)."
+        )
+    if not (isinstance(lifting_rtol, (int, float)) and lifting_rtol > 0):
+        raise ValueError(f"{fname}: `lifting_rtol` must be a number > 0; got {lifting_rtol!r}.")
 
 
 def _check_determined(fname: str, z, arch: Architecture) -> None:
@@ -122,8 +144,9 @@ def _newton(theta_sq, h0, arch: Architecture, rtol, max_steps):
     return eqx.error_if(
         sq,
         not_converged(sq),
-        "recover_squares: Newton's method on the rescaling problem did not converge within "
-        "`max_steps` (the problem is ill-conditioned: weights of very different sizes).",
+        "recover_squares: Newton's method on the rescaling problem did not reach `rtol` "
+        "within `max_steps` iterations: weights of very different sizes make it "
+        "ill-conditioned; raise `max_steps` or loosen `rtol`.",
     )
 
 
@@ -147,6 +170,12 @@ def _signed_jacobian(z, theta_sq, arch: Architecture):
 
 @eqx.filter_jit
 def _recover(z, h0, arch, rtol, max_steps, lifting_rtol):
+    h0 = eqx.error_if(
+        h0,
+        ~jnp.all(jnp.isfinite(h0)),
+        "recover_squares: h0 holds non-finite values; pass the conservation laws of a finite "
+        "network, e.g. relu.conservation_laws(net).",
+    )
     w = _representative_log_weights(z, arch, lifting_rtol)
     theta_sq = jnp.exp(2 * w)
     if len(arch.hidden) == 0:
@@ -200,6 +229,7 @@ def recover_squares(
     """
     fname = "recover_squares"
     z, h0 = _check_inputs(fname, z, h0, arch)
+    _check_options(fname, rtol, max_steps, lifting_rtol)
     _check_determined(fname, z, arch)
     return _recover(z, h0, arch, rtol, max_steps, lifting_rtol)
 
@@ -230,6 +260,7 @@ def intrinsic_kernel(
     """
     fname = "intrinsic_kernel"
     z, h0 = _check_inputs(fname, z, h0, arch)
+    _check_options(fname, rtol, max_steps, lifting_rtol)
     _check_determined(fname, z, arch)
     theta_sq = _recover(z, h0, arch, rtol, max_steps, lifting_rtol)
     J = _signed_jacobian(z, theta_sq, arch)
@@ -263,6 +294,7 @@ class IntrinsicKernel(eqx.Module):
         self, z: Float[Array, " paths"], G: Float[Array, " paths"]
     ) -> Float[Array, " paths"]:
         z, h0 = _check_inputs("IntrinsicKernel", z, self.h0, self.arch)
+        _check_options("IntrinsicKernel", self.rtol, self.max_steps, self.lifting_rtol)
         theta_sq = _recover(z, h0, self.arch, self.rtol, self.max_steps, self.lifting_rtol)
         J = _signed_jacobian(z, theta_sq, self.arch)
         return J @ (J.T @ G)

@@ -6,6 +6,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..._conservation import conservation_laws
+from ..._linear import LinearNetwork
+from ..._residual import ResidualLinearNetwork
+
 
 def _upper(C: Float[Array, "n n"]) -> Float[Array, " m"]:
     """The upper-triangular entries of a symmetric matrix, row by row."""
@@ -17,20 +21,19 @@ class DeepLinear(eqx.Module):
     r"""$\varphi(U_1, \dots, U_L) = U_L \cdots U_1$, $U_j \in \mathbb{R}^{n_j \times n_{j-1}}$.
 
     θ is a tuple of matrices, input layer first. Conserved:
-    $C_j = U_{j+1}^\top U_{j+1} - U_j U_j^\top$, $j = 1, \dots, L-1$ (upper triangles).
+    $C_j = U_{j+1}^\top U_{j+1} - U_j U_j^\top$, $j = 1, \dots, L-1$ (upper triangles). The
+    product and the laws are those of [`node_flow.LinearNetwork`][] and
+    [`node_flow.conservation_laws`][] (one home for each).
     """
 
     widths: tuple[int, ...] = eqx.field(static=True)
 
     def __call__(self, theta: tuple[Float[Array, "_ _"], ...]) -> Float[Array, "_ _"]:
-        z = theta[0]
-        for U in theta[1:]:  # widths differ from layer to layer: no stacking
-            z = U @ z
-        return z
+        return LinearNetwork(tuple(theta)).lift()
 
     def conserved(self, theta: tuple[Float[Array, "_ _"], ...]) -> Float[Array, " m"]:
-        laws = [_upper(V.T @ V - U @ U.T) for U, V in zip(theta[:-1], theta[1:])]
-        return jnp.concatenate(laws)
+        laws = conservation_laws(LinearNetwork(tuple(theta)))
+        return jnp.concatenate([_upper(C) for C in laws])
 
     def sample(self, key: PRNGKeyArray) -> tuple[Float[Array, "_ _"], ...]:
         keys = jr.split(key, len(self.widths) - 1)
@@ -54,25 +57,22 @@ class Residual(eqx.Module):
     r"""$\varphi(A_1, \dots, A_L) = (I + A_L/L) \cdots (I + A_1/L)$ (THEORY §3).
 
     θ is one stacked array of shape `(depth, n, n)`. Conserved: $L^2 C_k$ with
-    $U_k = I + A_k/L$, which converges to $\Lambda(s)$ of the neural ODE.
+    $U_k = I + A_k/L$, which converges to $\Lambda(s)$ of the neural ODE. The product and the
+    laws are those of [`node_flow.ResidualLinearNetwork`][] and
+    [`node_flow.conservation_laws`][].
     """
 
     depth: int = eqx.field(static=True)
     n: int = eqx.field(static=True)
 
     def factors(self, theta: Float[Array, "depth n n"]) -> Float[Array, "depth n n"]:
-        return jnp.eye(self.n, dtype=theta.dtype) + theta / self.depth
+        return ResidualLinearNetwork(theta).factors()
 
     def __call__(self, theta: Float[Array, "depth n n"]) -> Float[Array, "n n"]:
-        def step(z, U):
-            return U @ z, None
-
-        z, _ = jax.lax.scan(step, jnp.eye(self.n, dtype=theta.dtype), self.factors(theta))
-        return z
+        return ResidualLinearNetwork(theta).lift()
 
     def conserved(self, theta: Float[Array, "depth n n"]) -> Float[Array, " m"]:
-        U = self.factors(theta)
-        C = jnp.swapaxes(U[1:], 1, 2) @ U[1:] - U[:-1] @ jnp.swapaxes(U[:-1], 1, 2)
+        C = conservation_laws(ResidualLinearNetwork(theta))
         return self.depth**2 * jax.vmap(_upper)(C).ravel()
 
     def sample(self, key: PRNGKeyArray) -> Float[Array, "depth n n"]:
