@@ -8,10 +8,10 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from node_flow._io import atomic_write_json
 
@@ -114,27 +114,16 @@ class ResultStore:
 
 
 class Progress:
-    """A one-line progress bar on stderr (no dependency)."""
+    """A progress bar on stderr (tqdm): `step(note)` after each finished task."""
 
     def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.start = total, label, 0, time.time()
-        self._draw("")
+        self._bar = tqdm(total=total, desc=label, file=sys.stderr, dynamic_ncols=True)
 
     def step(self, note: str = "") -> None:
-        self.done += 1
-        self._draw(note)
-        if self.done == self.total:
-            sys.stderr.write("\n")
-
-    def _draw(self, note: str) -> None:
-        width = 28
-        filled = int(width * self.done / max(self.total, 1))
-        elapsed = time.time() - self.start
-        bar = "█" * filled + "·" * (width - filled)
-        sys.stderr.write(
-            f"\r{self.label} |{bar}| {self.done}/{self.total} {elapsed:6.1f}s {note:<28}"
-        )
-        sys.stderr.flush()
+        self._bar.set_postfix_str(note, refresh=False)
+        self._bar.update(1)
+        if self._bar.n >= self._bar.total:
+            self._bar.close()
 
 
 def fit_loglog(x, y) -> dict:

@@ -226,3 +226,12 @@ def test_no_formula_is_left_unrendered(site):
         for m in re.finditer(r"\$", text):
             leftover.append(f"{where}: {text[max(0, m.start() - 60) : m.start() + 20]!r}")
     assert not leftover, "unrendered formulas:\n" + "\n".join(leftover)
+
+
+def test_readme_links_resolve():
+    """The front door's relative links and images point to files of the repository."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\((?![a-z]+:)([^)#\s]+)", text)
+    assert targets, "README.md links into the documentation"
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"

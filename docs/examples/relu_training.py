@@ -1,14 +1,17 @@
 # %% [markdown]
-# # ReLU training across activation-pattern changes
+# # ReLU training through the kinks
 #
 # For a ReLU network with edge weights $\theta_e$, the path-lifting $z_p = \prod_{e\in p}\theta_e$
 # makes the output linear in $z$ *as long as the activation pattern on the data is fixed*;
 # on such an interval the loss is $\ell_k(z)$, the metric is
 # $M_{pq} = \sum_{e\in p\cap q} z_pz_q/\theta_e^2$, and it is a function of $z$ and the
 # conserved quantities $h_v = \sum_{e\to v}\theta_e^2 - \sum_{v\to e}\theta_e^2$ (one per
-# hidden neuron; THEORY §4). [`node_flow.relu.train`][] trains interval by interval,
-# locating each pattern change with a root-found diffrax event, and runs the intrinsic
-# flow $\dot z = -K(z, h_0)\nabla\ell_k(z)$ beside the parameter flow.
+# hidden neuron; THEORY §4). [`node_flow.relu.train`][] trains through the kinks of the
+# ReLU, interval by interval: each time a pre-activation reaches zero (a diffrax event) it
+# either **crosses** (the pattern changes) or, pushed onto zero from both sides, **slides**
+# along it (the Filippov solution, the small-step limit of gradient descent). Beside the
+# parameter flow it runs the intrinsic flow $\dot z = -K(z, h_0)\nabla\ell_k(z)$ and reports
+# every interval.
 
 # %%
 import os
@@ -42,8 +45,12 @@ print(f"{net.arch.num_edges} edges, {net.arch.num_paths} paths, "
 
 # %%
 sol = relu.train(net, X, Y, t1, saves=11, rtol=1e-10, atol=1e-10)
-print("pattern changes at t =", [round(float(t), 4) for t in sol.switch_times])
-print("stopped because:", sol.stop_reason)
+print("stopped because:", sol.stop_reason, "| kink events at t =",
+      [round(float(t), 4) for t in sol.switch_times])  # fmt: skip
+for iv in sol.intervals:
+    err = "-" if iv.intrinsic_error is None else f"{iv.intrinsic_error:.1e} ({iv.intrinsic_kind})"
+    print(f"[{iv.start:.4f}, {iv.end:.4f}]  changed {list(iv.changed)}  "
+          f"sliding {list(iv.sliding)}  intrinsic vs parameter: {err}")  # fmt: skip
 zerr = jnp.max(jnp.abs(sol.zs - sol.zs_intrinsic)) / jnp.max(jnp.abs(sol.zs))
 print(f"max relative |z_param - z_intrinsic| over all intervals: {float(zerr):.1e}")
 assert len(sol.switch_times) >= 1 and float(zerr) < 1e-8  # solved to 1e-10
