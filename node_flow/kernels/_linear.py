@@ -147,7 +147,7 @@ def _balanced_jvp(depth, primals, tangents):
 
 
 def _offsets(lambdas):
-    """$c_1 = 0$, $c_j = \lambda_1 + \dots + \lambda_{j-1}$."""
+    r"""$c_1 = 0$, $c_j = \lambda_1 + \dots + \lambda_{j-1}$."""
     return jnp.concatenate([jnp.zeros(1, lambdas.dtype), jnp.cumsum(lambdas)])
 
 
