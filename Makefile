@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu bench lint clean
+.PHONY: install test run linear depth-limit criterion relu bench lint clean learning-times lazy-rich reproduce
 
 install: $(STAMP)
 
@@ -44,3 +44,12 @@ lint: install
 clean:
 	rm -rf $(VENV) results .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Reproductions of the field (issue 14): each writes results/<name>/summary.json and a figure.
+learning-times: install
+	$(PY) experiments/learning_times.py
+
+lazy-rich: install
+	$(PY) experiments/lazy_rich.py
+
+reproduce: learning-times lazy-rich
