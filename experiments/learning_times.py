@@ -42,7 +42,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optimistix as optx  # noqa: E402
-from _study import check_out, distinct, integer, positive, tolerance  # noqa: E402
+from _study import check_out, distinct, finite, integer, positive, tolerance  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 from jaxtyping import Array, Float  # noqa: E402
 
@@ -349,7 +349,7 @@ def parse_args(argv=None):
     p.add_argument("--depths", type=integer(2), nargs="+", default=[2, 3, 4, 6])
     p.add_argument(
         "--lambdas",
-        type=float,
+        type=finite,
         nargs="+",
         default=[0.0, 0.5, 2.0, -2.0],
         help="imbalances λ of the two-layer imbalanced table",
@@ -373,8 +373,6 @@ def parse_args(argv=None):
     check_out(p, args.out)
     for flag in ("s", "z0", "depths", "lambdas", "matrix_s"):
         distinct(p, "--" + flag.replace("_", "-"), getattr(args, flag))
-    if not all(np.isfinite(args.lambdas)):
-        p.error(f"argument --lambdas: must be finite; got {args.lambdas}")
     if max(args.z0) >= min(args.s) / 2:
         p.error(
             f"argument --z0: every start must lie below s/2 = {min(args.s) / 2:g} (the level "
@@ -435,15 +433,12 @@ def main(argv=None):
     }
     atomic_write_json(args.out / "summary.json", summary)
     plot(args, summary)
-    for L, h in by_depth.items():
+    heads = [(f"depth {L}", h) for L, h in by_depth.items()]
+    heads += [(name, summary["headline"][name]) for name in ("imbalanced", "matrix")]
+    for name, h in heads:
         log.info(
-            "depth %s: max relative error %.2e (%d failed)", L, h["max_rel_error"] or 0, h["failed"]
+            "%s: max relative error %.2e (%d failed)", name, h["max_rel_error"] or 0, h["failed"]
         )
-    log.info(
-        "imbalanced: %s; matrix: %s",
-        summary["headline"]["imbalanced"],
-        summary["headline"]["matrix"],
-    )
     log.info("results in %s (%.1f s)", args.out, summary["seconds_total"])
 
 
