@@ -44,6 +44,11 @@ from node_flow._io import atomic_savefig, atomic_write_json  # noqa: E402
 
 log = logging.getLogger("lazy_rich")
 
+# The slope is fitted over |λ| ≥ 4 (as in the issue's measurement, |λ| = 4…64): the expansion
+# of K_λ is in powers of ‖z‖²/λ², and with ‖z‖ ≈ 1.4 along the flow its next term is a ≲ 15 %
+# correction from |λ| = 4 on. Every pairwise slope is reported as well, smaller λ included.
+FIT_FROM_LAMBDA = 4.0
+
 
 def problem(n, scale, seed):
     """A fixed start $z_0$ (Gaussian, entries of size `scale`/√n) and target $Y$."""
@@ -216,7 +221,8 @@ def main(argv=None):
         float(np.log(d[i + 1] / d[i]) / np.log(lambdas[i + 1] / lambdas[i]))
         for i in range(len(lambdas) - 1)
     ]
-    large = [i for i, lam in enumerate(lambdas) if lam >= 4] or list(range(len(lambdas)))
+    large = [i for i, lam in enumerate(lambdas) if lam >= FIT_FROM_LAMBDA]
+    large = large if len(large) >= 2 else list(range(len(lambdas)))
     fit = fit_loglog([lambdas[i] for i in large], [d[i] for i in large])
     t_measure = time.time() - start
     check = checks(z0, Y, args.check_lambda, args.check_T, tol)
@@ -227,7 +233,8 @@ def main(argv=None):
         "rows": rows,
         "headline": {
             "pairwise_distance_slopes": pairwise,
-            "fit_lambda_ge_4": fit,
+            "fit_from_lambda": FIT_FROM_LAMBDA,
+            "fit_large_lambda": fit,
             "kernel_movement_fit": fit_loglog(lambdas, m),
             "expected_distance_slope": -2.0,
             "check": check,
@@ -238,7 +245,7 @@ def main(argv=None):
     atomic_write_json(args.out / "summary.json", summary)
     plot(args, summary)
     log.info("pairwise distance slopes: %s", ", ".join(f"{s:.3f}" for s in pairwise))
-    log.info("fit over λ ≥ 4: %.3f ± %.3f", fit["slope"], fit["stderr"])
+    log.info("fit over λ ≥ %g: %.3f ± %.3f", FIT_FROM_LAMBDA, fit["slope"], fit["stderr"])
     log.info("checks: %s", check)
     log.info("results in %s (%.1f s)", args.out, summary["seconds_total"])
 
@@ -252,8 +259,18 @@ def plot(args, summary):
     rows = summary["rows"]
     lam = np.array([r["lambda"] for r in rows])
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    nf.plot.convergence(lam, [r["distance"] for r in rows], ax=ax, label="sup‖z − z_lin‖")
-    nf.plot.convergence(lam, [r["kernel_movement"] for r in rows], ax=ax, label="kernel movement")
+    start = int(np.searchsorted(lam, FIT_FROM_LAMBDA))
+    start = start if start <= len(lam) - 2 else 0
+    for key, label in (("distance", "sup‖z − z_lin‖"), ("kernel_movement", "kernel movement")):
+        nf.plot.convergence(lam, [r[key] for r in rows], ax=ax, label=label, fit_from=start)
+    pairwise = summary["headline"]["pairwise_distance_slopes"]
+    ax.text(
+        0.03,
+        0.03,
+        "pairwise slopes: " + ", ".join(f"{s:.2f}" for s in pairwise),
+        transform=ax.transAxes,
+        fontsize=7,
+    )
     ax.set_xlabel("|λ|")
     ax.set_ylabel("in rescaled time |λ|t")
     ax.set_title(f"lazy limit, n = {args.width}, τ ≤ {args.tau:g}")
