@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu descent bench lint docs docs-serve clean
+.PHONY: install test run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
+	learning-times lazy-rich reproduce
 
 install: $(STAMP)
 
@@ -56,3 +57,12 @@ lint: install
 clean:
 	rm -rf $(VENV) results site .cache .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Reproductions of the field (issue 14): each writes results/<name>/summary.json and a figure.
+learning-times: install
+	$(PY) experiments/learning_times.py
+
+lazy-rich: install
+	$(PY) experiments/lazy_rich.py
+
+reproduce: learning-times lazy-rich
