@@ -119,7 +119,7 @@ class RelaxedBalancedWeights(eqx.Module):
     ) -> LinearNeuralODE:
         """The weight function sampled at the nodes of `m` cells, as a `LinearNeuralODE`
         (`m` an integer ≥ 1; further keywords go to [`node_flow.LinearNeuralODE`][])."""
-        m = as_count("relaxed_balanced", "m (the number of grid cells, m ≥ 1)", m)
+        m = as_count("relaxed_balanced", "m", m)
         nodes = jnp.linspace(0.0, 1.0, m + 1, dtype=self.K.dtype)
         return LinearNeuralODE(self.at(nodes), interpolation, **kwargs)
 
@@ -226,7 +226,9 @@ def relaxed_balanced(
     **Arguments:** `key`; `n` (width); `m` (cells); `lam` (the profile $\lambda(s)$, a JAX
     scalar function or a constant); `interpolation`; `scale`, `skew` (sizes of $S_0$, $K$);
     `same_z0` (shift $S_0$ so that $z_0$ does not depend on `lam`); further keywords go
-    to `LinearNeuralODE` (`rtol`, `atol`, `max_steps`). See
+    to `LinearNeuralODE` (`solver`, `stepsize_controller` or `rtol`/`atol`, `adjoint`,
+    `max_steps`, `dt0`). Counts (`n`, `m`) are integers (NumPy and JAX integers too);
+    `scale` is positive and finite, `skew` finite and $\ge 0$. See
     [`node_flow.neural_ode.RelaxedBalancedWeights`][] for the exact $z_0$ and more.
     """
     weights = relaxed_balanced_weights(
