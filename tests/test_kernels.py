@@ -314,18 +314,33 @@ def test_neural_ode_kernel_refuses_numerically_singular_z(smallest):
 
 
 @pytest.mark.parametrize(
-    "call, argument",
+    "call, argument, under_jit",
     [
-        (lambda z, lam: nf.kernels.neural_ode(z, jnp.eye(3)), "z"),
-        (lambda z, lam: nf.kernels.balanced(z, jnp.eye(3), 2), "z"),
-        (lambda z, lam: nf.kernels.relaxed_balanced(z, jnp.eye(3), lam), "z"),
-        (lambda z, lam: nf.kernels.relaxed_balanced(jnp.eye(3), jnp.eye(3), lam), "lambdas"),
+        (
+            lambda z, lam: nf.kernels.neural_ode(z, jnp.eye(3)),
+            "z",
+            "z is singular \\(or not finite",
+        ),
+        (lambda z, lam: nf.kernels.balanced(z, jnp.eye(3), 2), "z", None),
+        (lambda z, lam: nf.kernels.relaxed_balanced(z, jnp.eye(3), lam), "z", None),
+        (
+            lambda z, lam: nf.kernels.relaxed_balanced(jnp.eye(3), jnp.eye(3), lam),
+            "lambdas",
+            "`lambdas` holds NaN or inf",
+        ),
     ],
 )
-def test_kernels_refuse_nan_inputs_eagerly_and_under_jit(call, argument):
+def test_kernels_refuse_nan_inputs(call, argument, under_jit):
+    """Eagerly: a `ValueError` naming the argument. Under jit, a NaN λ (a parameter) raises by
+    `eqx.error_if`, and K_∞ by its singular-z check; the linear kernels do not raise on a NaN z
+    (the state of a flow: adaptive solvers evaluate non-finite trial stages that they then
+    reject), but a NaN z never comes back as a finite number."""
     z = jnp.eye(3).at[1, 2].set(jnp.nan)
     lam = jnp.array([0.2, jnp.nan])
     with pytest.raises(ValueError, match=f"`{argument}` holds NaN or inf"):
         call(z, lam)
-    with pytest.raises(Exception, match=f"`{argument}` holds NaN or inf"):
-        jax.jit(call)(z, lam)
+    if under_jit is not None:
+        with pytest.raises(Exception, match=under_jit):
+            jax.jit(call)(z, lam)
+    else:
+        assert not bool(jnp.all(jnp.isfinite(jax.jit(call)(z, jnp.array([0.2, 0.1])))))

@@ -74,7 +74,7 @@ def _singular_values(z: Float[Array, "n n"]):
     s = eqx.error_if(
         s,
         ~(s[-1] > rtol * s[0]),
-        "kernels.neural_ode: z is singular: σ_min/σ_max is at most "
+        "kernels.neural_ode: z is singular (or not finite): σ_min/σ_max is at most "
         f"{rtol:.3g} (10·n·ε, the resolution of the SVD); K_∞ involves ln s_k² and is only "
         "defined for invertible z (the neural-ODE lifting Φ(1, 0) always is: check the flow "
         "that produced z, or use float64).",

@@ -42,13 +42,18 @@ from jaxtyping import Array, Float
 from .._checks import is_concrete
 
 
-def _check_finite_input(fname: str, argname: str, x: Array, fix: str) -> Array:
-    """`ValueError` for a concrete non-finite `x`; `eqx.error_if` with the same message when
-    traced."""
+def _check_finite_input(fname: str, argname: str, x: Array, fix: str, traced: bool = True) -> Array:
+    """`ValueError` for a concrete non-finite `x`; when traced, `eqx.error_if` with the same
+    message if `traced` (for parameters such as λ, never for the state z: inside an adaptive
+    ODE solve, trial stages of rejected steps and the idle lanes of a vmapped solve may be
+    non-finite, and the solver, not the kernel, decides; a NaN z then gives a NaN kernel,
+    which the flows report)."""
     message = f"{fname}: `{argname}` holds NaN or inf; {fix}"
     if is_concrete(x):
         if not np.all(np.isfinite(np.asarray(x))):  # numpy: no tracer inside an outer trace
             raise ValueError(f"{message} Got {argname} = {x}.")
+        return x
+    if not traced:
         return x
     return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), message)
 
@@ -66,7 +71,11 @@ def check_square_pair(fname: str, z, G) -> tuple[Array, Array]:
     if not jnp.issubdtype(z.dtype, jnp.floating):
         z = z.astype(jnp.result_type(float))
     z = _check_finite_input(
-        fname, "z", z, "the kernel of a non-finite matrix is undefined (check what produced z)."
+        fname,
+        "z",
+        z,
+        "the kernel of a non-finite matrix is undefined (check what produced z).",
+        traced=False,
     )
     return z, G.astype(z.dtype)
 
