@@ -16,12 +16,16 @@ tolerances, saved at every $t = k\eta$). Three measurements:
    so $O(\eta)$ (fitted slope 1).
 
 Outputs in `--out` (default `results/descent/`): `descent_vs_flow.png` and `summary.json`,
-both written atomically. Takes well under a minute on a laptop CPU.
+written atomically; each flow and descent is cached under `--out/runs/` as it finishes, so
+an interrupted run resumes (the deep linear part takes seconds; each neural-ODE descent
+compiles a scan over nested diffrax solves, about a minute in all on a laptop CPU).
 
 Run: `make descent`, or `python experiments/descent_vs_flow.py --help`.
 """
 
 import argparse
+import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -115,35 +119,80 @@ def problem(args):
     return loss, net, node
 
 
-def descent_vs_flow(model, loss, args) -> dict:
-    """One gradient flow saved at every kη, and one descent per η: the max gap in z."""
-    lrs = np.asarray(args.lrs)
-    grid = np.unique(np.concatenate([lr * np.arange(round(args.T / lr) + 1) for lr in lrs]))
-    grid = grid[np.concatenate([[True], np.diff(grid) > 1e-12 * args.T])]
+class Cache:
+    """Finished entries, one JSON file each under `out/runs/`, tagged with a hash of what
+    they depend on: an interrupted run resumes from them; changed flags recompute them."""
+
+    def __init__(self, args):
+        skip = ("out", "fit_from", "lrs")
+        self.config = {k: v for k, v in vars(args).items() if k not in skip}
+        self.dir = args.out / "runs"
+
+    def _tag(self, extra: dict) -> str:
+        blob = json.dumps(self.config | extra, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def get(self, name: str, **extra):
+        try:
+            entry = json.loads((self.dir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return entry.get("data") if entry.get("tag") == self._tag(extra) else None
+
+    def put(self, name: str, data, **extra):
+        atomic_write_json(self.dir / f"{name}.json", {"tag": self._tag(extra), "data": data})
+        return data
+
+
+def flow_on_grid(model, loss, args, grid) -> dict:
     flow = nf.gradient_flow(
         model, loss, args.T, ts=jnp.asarray(grid), rtol=args.rtol, atol=args.rtol
     )
-    out = {"gap": [], "descents": [], "flow_steps": int(flow.stats["num_steps"])}
-    for lr in lrs:
-        start = time.time()
-        gd = nf.gradient_descent(model, loss, float(lr), round(args.T / lr))
-        ts = np.asarray(gd.ts)
-        idx = np.clip(np.searchsorted(grid, ts - 1e-9 * args.T), 0, len(grid) - 1)
-        if np.max(np.abs(grid[idx] - ts)) > 1e-9 * args.T:
-            raise RuntimeError(f"descent times at lr = {lr} are not on the flow's save grid")
-        gap = np.linalg.norm(np.asarray(gd.zs) - np.asarray(flow.zs)[idx], axis=(-2, -1))
-        out["gap"].append(float(gap.max()))
-        out["descents"].append(gd)
+    return {"zs": np.asarray(flow.zs).tolist(), "num_steps": int(flow.stats["num_steps"])}
+
+
+def descent_entry(model, loss, lr: float, args, grid, flow_zs, identity: bool) -> dict:
+    """One descent: its max gap to the flow on the shared grid (and the identity)."""
+    start = time.time()
+    gd = nf.gradient_descent(model, loss, lr, round(args.T / lr))
+    ts = np.asarray(gd.ts)
+    idx = np.clip(np.searchsorted(grid, ts - 1e-9 * args.T), 0, len(grid) - 1)
+    if np.max(np.abs(grid[idx] - ts)) > 1e-9 * args.T:
+        raise RuntimeError(f"descent times at lr = {lr} are not on the flow's save grid")
+    gap = np.linalg.norm(np.asarray(gd.zs) - flow_zs[idx], axis=(-2, -1))
+    entry = {"gap": float(gap.max()), "steps": len(ts) - 1, "final_loss": float(gd.losses[-1])}
+    if identity:
+        entry |= conservation_identity(gd, loss, lr)
+    return entry | {"seconds": time.time() - start}
+
+
+def descent_vs_flow(key: str, model, loss, args, cache: Cache) -> dict:
+    """One gradient flow saved at every kη, and one descent per η (each cached)."""
+    lrs = sorted(args.lrs)
+    grid = np.unique(np.concatenate([lr * np.arange(round(args.T / lr) + 1) for lr in lrs]))
+    grid = grid[np.concatenate([[True], np.diff(grid) > 1e-12 * args.T])]
+    flow = cache.get(f"{key}-flow", lrs=lrs) or cache.put(
+        f"{key}-flow", flow_on_grid(model, loss, args, grid), lrs=lrs
+    )
+    entries = []
+    for lr in args.lrs:
+        name = f"{key}-lr{lr:g}"
+        entry = cache.get(name, lr=lr)
+        if entry is None:
+            zs = np.asarray(flow["zs"])
+            entry = descent_entry(model, loss, lr, args, grid, zs, key == "deep_linear")
+            cache.put(name, entry, lr=lr)
         log.info(
-            "%-16s lr = %-7g %4d steps  max‖z_GD − z_GF‖ = %.3e  final loss %.4f  (%.1f s)",
-            type(model).__name__,
+            "%-12s lr = %-7g %4d steps  max‖z_GD − z_GF‖ = %.3e  final loss %.4f  (%.1f s)",
+            key,
             lr,
-            len(ts) - 1,
-            gap.max(),
-            float(gd.losses[-1]),
-            time.time() - start,
+            entry["steps"],
+            entry["gap"],
+            entry["final_loss"],
+            entry["seconds"],
         )
-    return out
+        entries.append(entry)
+    return {"entries": entries, "flow_steps": flow["num_steps"]}
 
 
 def conservation_identity(gd, loss, lr: float) -> dict:
@@ -171,8 +220,8 @@ def conservation_identity(gd, loss, lr: float) -> dict:
         scale = np.finfo(C.dtype).eps * (norm(U[j + 1]) ** 2 + norm(U[j]) ** 2)
         out["rel"].append(float(residual.max() / norm(pred).max()))
         out["roundoff"].append(float(np.max(residual / np.maximum(scale[1:], scale[:-1]))))
-        out["change"].append(norm(actual))
-        out["predicted"].append(norm(pred))
+        out["change"].append(norm(actual).tolist())
+        out["predicted"].append(norm(pred).tolist())
         out["drift"].append(float(norm(C[-1] - C[0])))
     return {
         "identity_max_rel_residual": max(out["rel"]),
@@ -228,14 +277,15 @@ def plot(args, summary, identity_curves):
 def run(args) -> tuple[dict, list]:
     """Every family: the gaps and their order; for the deep linear net, the identity."""
     loss, net, node = problem(args)
-    lrs, families, curves = np.asarray(args.lrs), {}, []
+    lrs, families, curves, cache = np.asarray(args.lrs), {}, [], Cache(args)
     models = {"deep linear": net} | ({"neural ODE": node} if node is not None else {})
     for name, model in models.items():
-        r = descent_vs_flow(model, loss, args)
-        families[name] = {"gap": r["gap"], "flow_steps": r["flow_steps"]}
-        families[name] |= fits(lrs, r["gap"], args.fit_from)
+        r = descent_vs_flow(name.replace(" ", "_"), model, loss, args, cache)
+        ids = r["entries"]
+        gap = [i["gap"] for i in ids]
+        families[name] = {"gap": gap, "flow_steps": r["flow_steps"]}
+        families[name] |= fits(lrs, gap, args.fit_from)
         if name == "deep linear":
-            ids = [conservation_identity(gd, loss, lr) for gd, lr in zip(r["descents"], lrs)]
             drift = [max(i["drift_final"]) for i in ids]
             families[name] |= {
                 "identity_max_rel_residual": [i["identity_max_rel_residual"] for i in ids],

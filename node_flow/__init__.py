@@ -13,6 +13,8 @@ from . import (
     relu as relu,
 )
 from ._conservation import conservation_laws as conservation_laws
+from ._crossing import crossing_time as crossing_time
+from ._descent import gradient_descent as gradient_descent
 from ._effective_rank import effective_rank as effective_rank
 from ._flow import (
     FlowError as FlowError,
@@ -29,7 +31,11 @@ from ._loss import (
 from ._metric import metric as metric
 from ._neural_ode import LinearNeuralODE as LinearNeuralODE
 from ._residual import ResidualLinearNetwork as ResidualLinearNetwork
-from ._solution import FlowSolution as FlowSolution, RESULTS as RESULTS
+from ._solution import (
+    DescentSolution as DescentSolution,
+    FlowSolution as FlowSolution,
+    RESULTS as RESULTS,
+)
 from ._sweep import sweep as sweep, SweepResult as SweepResult
 
 

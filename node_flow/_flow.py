@@ -1,11 +1,12 @@
 """Training flows: the parameter-space gradient flow and the intrinsic flow of $z$.
 
-Both are thin, jit-compiled wrappers over `diffrax.diffeqsolve` sharing `_integrate`:
-the state is flattened to one vector (so a deep network is one array for the solver, not
-one leaf per layer), $z$ and the loss are computed only at the save times, a boolean
-event stops a flow that blows up, and failures are reported as a [`node_flow.RESULTS`][].
+Each builds a vector field and what to save, and calls the one flow core
+(`node_flow._integrate.integrate`): the state is flattened to one vector (so a deep
+network is one array for the solver, not one leaf per layer), $z$ and the loss are
+computed only at the save times, and failures are reported as a [`node_flow.RESULTS`][].
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,31 +15,26 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike
 
-from ._checks import check_finite
+from ._checks import (
+    check_finite,
+    check_max_steps,
+    check_positive,
+    check_real,
+    check_times,
+    check_tolerances,
+    is_concrete,
+)
 from ._custom_types import Kernel, Loss, ScalarLike
+from ._integrate import finish, FlowError as FlowError, integrate, Options
 from ._lifting import precondition, reverse_mode
-from ._solution import FlowSolution, RESULTS
+from ._solution import FlowSolution
 
 
-class FlowError(RuntimeError):
-    """A training flow failed: the solver hit `max_steps`, the flow blew up, or the
-    vector field was not finite. The message says which and where."""
-
-
-def _num_vf_evals(solver, num_steps):
-    if isinstance(solver, diffrax.AbstractRungeKutta) and isinstance(
-        solver.tableau, diffrax.ButcherTableau
-    ):
-        fsal = int(solver.tableau.fsal)
-        return num_steps * (solver.tableau.num_stages - fsal) + fsal
-    return -1 + 0 * num_steps
-
-
-def _check_scalar_loss(fname: str, loss: Loss, z: jax.ShapeDtypeStruct) -> None:
+def check_scalar_loss(fname: str, loss: Loss, z: jax.ShapeDtypeStruct) -> None:
+    """`loss` a callable returning a real floating scalar for `z` (checked by tracing)."""
     if not callable(loss):
         raise TypeError(f"{fname}: `loss` must be a callable z ↦ scalar; got {type(loss)}.")
     out = jax.eval_shape(loss, z)
@@ -46,152 +42,10 @@ def _check_scalar_loss(fname: str, loss: Loss, z: jax.ShapeDtypeStruct) -> None:
         shape = getattr(out, "shape", type(out).__name__)
         raise TypeError(f"{fname}: `loss` must return a scalar; it returned shape {shape}.")
     if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"{fname}: `loss` must return a floating scalar; got {out.dtype}.")
+        raise TypeError(f"{fname}: `loss` must return a real floating scalar; got {out.dtype}.")
 
 
-def _times(fname, t0, t1, ts):
-    # Host-side (NumPy) when concrete: eager JAX ops cost tens of µs each, which is the
-    # whole budget of a small solve.
-    dtype = jnp.result_type(float)
-    if ts is None:
-        if any(isinstance(t, jax.core.Tracer) for t in (t0, t1)):
-            return jnp.stack([jnp.asarray(t0, dtype=dtype), jnp.asarray(t1, dtype=dtype)])
-        return np.array([t0, t1], dtype=dtype)
-    if isinstance(ts, jax.core.Tracer):
-        if ts.ndim != 1 or ts.size == 0:
-            raise ValueError(f"{fname}: `ts` must be a non-empty 1-D array of times.")
-        return ts.astype(dtype)
-    ts_np = np.asarray(ts, dtype=dtype)
-    if ts_np.ndim != 1 or ts_np.size == 0:
-        raise ValueError(f"{fname}: `ts` must be a non-empty 1-D array of times.")
-    if np.any(np.diff(ts_np) < 0) or ts_np[0] < float(t0) or ts_np[-1] > float(t1):
-        raise ValueError(f"{fname}: `ts` must be non-decreasing and lie within [t0, t1].")
-    return ts_np
-
-
-@eqx.filter_jit
-def _integrate(
-    vector_field,
-    save_fn,
-    event_fn,
-    y0,
-    args,
-    t0,
-    t1,
-    ts,
-    rtol,
-    atol,
-    blowup,
-    *,
-    solver,
-    dt0,
-    max_steps,
-    progress_meter,
-):
-    """Solve $y' = f(t, y)$; returns (ts, save_fn outputs at ts, t_final, stats, result)."""
-    term = diffrax.ODETerm(vector_field)
-    # A step-size floor turns a stalled solve (finite-time singularity, extreme
-    # stiffness) into `dt_min_reached` instead of burning through `max_steps`.
-    dtmin = 1e-13 * (t1 - t0)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, dtmin=dtmin)
-    scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
-
-    def blew_up(t, y, args, **kwargs):
-        return jnp.logical_or(jnp.any(~jnp.isfinite(y)), jnp.max(jnp.abs(y)) > blowup * scale0)
-
-    if event_fn is None:
-        # Boolean conditions need no root finder (the solve stops at the end of the
-        # step); leaving it out saves about a second of compile time.
-        event = diffrax.Event((blew_up,))
-    else:
-        event = diffrax.Event((blew_up, event_fn), root_finder=optx.Newton(rtol=1e-10, atol=1e-12))
-    saveat = diffrax.SaveAt(
-        subs=[
-            diffrax.SubSaveAt(ts=ts, fn=save_fn),
-            diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: t),
-        ]
-    )
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        event=event,
-        max_steps=max_steps,
-        throw=False,
-        progress_meter=progress_meter,
-    )
-    saved, t_final = sol.ys
-    ts_saved = sol.ts[0]
-    result = RESULTS.promote(sol.result)
-    result = RESULTS.where(sol.event_mask[0], RESULTS.blew_up, result)
-    num_steps = sol.stats["num_steps"]
-    stats = {
-        "num_steps": num_steps,
-        "num_accepted_steps": sol.stats["num_accepted_steps"],
-        "num_rejected_steps": sol.stats["num_rejected_steps"],
-        "num_vf_evals": _num_vf_evals(solver, num_steps),
-    }
-    return ts_saved, saved, t_final[0], stats, result
-
-
-_HINTS = {
-    RESULTS[RESULTS.dt_min_reached]: (
-        " The step size collapsed below 1e-13·(t1 − t0): the flow has a finite-time "
-        "singularity (blow-up) or is extremely stiff there."
-    ),
-    RESULTS[RESULTS.max_steps_reached]: (
-        " Long plateaus (small initializations) need many steps: raise `max_steps`, "
-        "or loosen rtol/atol."
-    ),
-}
-
-
-def _finish(fname, ts, zs, losses, t_final, stats, result, models, t0, t1, throw, initial_vf):
-    if isinstance(result._value, jax.core.Tracer):
-        ok = (result == RESULTS.successful) | (result == RESULTS.event_occurred)
-    else:  # one host transfer instead of eager comparisons
-        code = int(np.asarray(result._value))
-        ok = code in (int(RESULTS.successful._value), int(RESULTS.event_occurred._value))
-    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
-        # Diagnose a failure: a non-finite vector field at the start makes every step
-        # fail, which the solver would only report as `max_steps` or `dt_min`.
-        if not bool(jnp.all(jnp.isfinite(initial_vf()))):
-            result = RESULTS.nonfinite_gradient
-    if throw:
-        if isinstance(ok, jax.core.Tracer):
-            zs = result.error_if(zs, ~ok)
-        elif not bool(ok):
-            hint = _HINTS.get(RESULTS[result], "")
-            raise FlowError(
-                f"{fname}: {RESULTS[result]}{hint} Stopped at t = {float(t_final):.6g} of "
-                f"[{float(t0):.6g}, {float(t1):.6g}] after {int(stats['num_steps'])} steps."
-            )
-    return FlowSolution(
-        ts=ts,
-        zs=zs,
-        losses=losses,
-        models=models,
-        stats=stats,
-        result=result,
-        t_final=t_final,
-    )
-
-
-def _event_or_none(event, wrap):
-    if event is None:
-        return None
-    if not callable(event):
-        raise TypeError("`event` must be a callable (t, state) ↦ bool or real scalar.")
-    return wrap
-
-
-def _as_float(x):
+def as_float(x):
     """A floating scalar for the jitted solve: traced, so new values do not recompile.
     NumPy on the host when concrete (no eager JAX dispatch)."""
     dtype = jnp.result_type(float)
@@ -200,82 +54,117 @@ def _as_float(x):
     return np.asarray(x, dtype=dtype)
 
 
-@eqx.filter_jit
-def _euclidean_gradient(params, static, loss):
-    grads = jax.grad(lambda p: loss(reverse_mode(eqx.combine(p, static)).lift()))(params)
-    return ravel_pytree(grads)[0]
-
-
-@eqx.filter_jit
-def _intrinsic_vf(z, loss, kernel):
-    return kernel(z, jax.grad(loss)(z))
-
-
-@eqx.filter_jit
-def _gradient_flow_impl(
-    params,
-    static,
-    loss,
-    event,
-    time_scale,
-    t0,
-    t1,
-    ts,
+def flow_options(
+    fname,
+    *,
     rtol,
     atol,
-    blowup,
-    *,
+    time_scale,
     solver,
+    stepsize_controller,
+    adjoint,
     dt0,
     max_steps,
+    blowup,
     progress_meter,
-):
+    dense,
+) -> Options:
+    """Validate the options shared by every flow (before any solve) and group them."""
+    check_tolerances(fname, rtol, atol)
+    check_max_steps(fname, max_steps)
+    check_positive(fname, "blowup", blowup)
+    check_positive(fname, "time_scale", time_scale)
+    if dt0 is not None:
+        check_positive(fname, "dt0", dt0)
+    return Options(
+        solver=diffrax.Tsit5() if solver is None else solver,
+        controller=stepsize_controller,
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+        rtol=as_float(rtol),
+        atol=as_float(atol),
+        blowup=as_float(blowup),
+        dt0=None if dt0 is None else as_float(dt0),
+        event=None,
+        progress_meter=progress_meter,
+        max_steps=max_steps,
+        dense=bool(dense),
+    )
+
+
+class ParameterLift(eqx.Module):
+    """The flat parameter vector ↦ the model, and ↦ z."""
+
+    static: Any
+    unravel: Callable = eqx.field(static=True)
+
+    def model(self, y):
+        return eqx.combine(self.unravel(y), self.static)
+
+    def __call__(self, y):
+        return self.model(y).lift()
+
+
+class ParameterField(eqx.Module):
+    r"""$y \mapsto (-\tau P^{-1}\nabla L,\ \langle \nabla L, \dot y\rangle,\ L)$."""
+
+    lift: ParameterLift
+    loss: Loss
+    time_scale: Any
+
+    def __call__(self, y):
+        p = self.lift.unravel(y)
+        static = self.lift.static
+        # `reverse_mode`: the model's twin specialized for `jax.grad` (e.g. the fused
+        # reverse pass of a deep linear network's product).
+        value, grads = jax.value_and_grad(
+            lambda p: self.loss(reverse_mode(eqx.combine(p, static)).lift())
+        )(p)
+        g = ravel_pytree(grads)[0]
+        dy = -self.time_scale * ravel_pytree(precondition(eqx.combine(p, static), grads))[0]
+        return dy, jnp.vdot(g, dy), value
+
+
+class SaveParameters(eqx.Module):
+    lift: ParameterLift
+    loss: Loss
+    save_models: bool = eqx.field(static=True)
+
+    def __call__(self, y):
+        z = self.lift(y)
+        out = {"zs": z, "losses": self.loss(z)}
+        if self.save_models:
+            out["ys"] = y
+        return out
+
+
+class _ModelEvent(eqx.Module):
+    event: Callable
+    lift: ParameterLift
+
+    def __call__(self, t, y):
+        return self.event(t, self.lift.model(y))
+
+
+@eqx.filter_jit
+def _gradient_flow_core(params, static, loss, event, time_scale, t0, t1, ts, options, save_models):
     # Input checks at trace time: once per compilation, not on every call.
-    _check_scalar_loss(
+    check_scalar_loss(
         "gradient_flow", loss, jax.eval_shape(lambda: eqx.combine(params, static).lift())
     )
     y0, unravel = ravel_pytree(params)
-    model_of = lambda y: eqx.combine(unravel(y), static)
+    lift = ParameterLift(static, unravel)
+    if event is not None:
+        options = dataclasses.replace(options, event=_ModelEvent(event, lift))
+    field = ParameterField(lift, loss, time_scale)
+    raw = integrate(field, SaveParameters(lift, loss, save_models), y0, t0, t1, ts, options)
+    ys = raw[1].get("ys")
+    models = None if ys is None else eqx.combine(jax.vmap(unravel)(ys), static)
+    return raw, models, lift
 
-    # diffrax traces the vector field and the save function several times (solver
-    # init, the stages, saving, events). Jitted closures are traced once and reused,
-    # which matters when `lift` is itself a diffrax solve (the neural ODE).
-    @eqx.filter_jit
-    def flat_gradient(y, loss):
-        p = unravel(y)
-        # `reverse_mode`: the model's twin specialized for `jax.grad` (e.g. the fused
-        # reverse pass of a deep linear network's product).
-        grads = jax.grad(lambda p: loss(reverse_mode(eqx.combine(p, static)).lift()))(p)
-        return ravel_pytree(precondition(eqx.combine(p, static), grads))[0]
 
-    @eqx.filter_jit
-    def lift_and_loss(y, loss):
-        z = model_of(y).lift()
-        return z, loss(z)
-
-    vector_field = lambda t, y, args: -time_scale * flat_gradient(y, loss)
-    save_fn = lambda t, y, args: (y, lift_and_loss(y, loss))
-
-    event_fn = _event_or_none(event, lambda t, y, args, **kw: event(t, model_of(y)))
-    ts, (ys, (zs, losses)), t_final, stats, result = _integrate(
-        vector_field,
-        save_fn,
-        event_fn,
-        y0,
-        None,
-        t0,
-        t1,
-        ts,
-        rtol,
-        atol,
-        blowup,
-        solver=solver,
-        dt0=dt0,
-        max_steps=max_steps,
-        progress_meter=progress_meter,
-    )
-    models = eqx.combine(jax.vmap(unravel)(ys), static)
-    return ts, zs, losses, t_final, stats, result, models
+def _check_event(fname, event):
+    if event is not None and not callable(event):
+        raise TypeError(f"{fname}: `event` must be a callable (t, state) ↦ bool or real scalar.")
 
 
 def gradient_flow(
@@ -289,11 +178,15 @@ def gradient_flow(
     atol: ScalarLike = 1e-8,
     time_scale: ScalarLike = 1.0,
     solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
     dt0: ScalarLike | None = None,
-    max_steps: int = 100_000,
+    max_steps: int | None = 100_000,
     blowup: ScalarLike = 1e8,
     event: Callable[[Any, Any], Any] | None = None,
     throw: bool = True,
+    save_models: bool = True,
+    dense: bool = False,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
 ) -> FlowSolution:
     r"""Train `model` by gradient flow on `loss(model.lift())`.
@@ -314,21 +207,51 @@ def gradient_flow(
     $\dot z = -M\nabla\ell$ to solver tolerance, with memory logarithmic in the number of
     inner steps; a backsolve adjoint would add its own integration error.
 
+    **Differentiating the flow.** The outputs can be differentiated (`jax.grad`) with
+    respect to the initial model, data inside `loss`, `time_scale` and the times. The
+    default `adjoint=diffrax.RecursiveCheckpointAdjoint()` backpropagates through the
+    solver's own operations: the gradient is the exact derivative of the *computed*
+    solution (it matches finite differences of the solve to rounding), at memory
+    logarithmic in the number of steps. `diffrax.BacksolveAdjoint` would solve an adjoint
+    ODE backwards, adding a second integration error (and does not support events).
+
+    **Failures** are never silent: invalid arguments raise a `ValueError` before any
+    solve; a failed solve raises a [`node_flow.FlowError`][] (`throw=True`; under `jit`
+    every output carries an `eqx.error_if` with the same message) or is reported in
+    `.result`: `max_steps_reached`, `dt_min_reached` (the step size collapsed: a finite-time
+    singularity or extreme stiffness), `blew_up`, `loss_increased` (the loss rose by more
+    than 10(atol + rtol |ℓ(z₀)|) in total: not a descent flow), `nonfinite_gradient`,
+    `nonfinite_loss`, `invalid_input` (traced times that are invalid).
+
     **Arguments:**
 
-    - `model`: any `eqx.Module` with a `.lift()` method.
+    - `model`: any `eqx.Module` with a `.lift()` method and real parameters.
     - `loss`: any callable `z ↦ scalar` (e.g. [`node_flow.LeastSquares`][]).
-    - `t1`: final training time.
-    - `ts`: the times to save at (default `[t0, t1]`).
-    - `rtol`, `atol`: tolerances of the step-size controller.
-    - `time_scale`: the learning rate $\tau$ multiplying the gradient.
-    - `solver`, `dt0`, `max_steps`, `progress_meter`: passed to `diffrax.diffeqsolve`.
+    - `t1`: final training time, finite and greater than `t0`.
+    - `ts`: the times to save at (default `[t0, t1]`): 1-D, finite, non-decreasing, in
+      `[t0, t1]` (a round-off overshoot of the end points is clipped).
+    - `rtol`, `atol`: tolerances of the default step-size controller, $0 < $ `rtol` $< 1$,
+      `atol` $> 0$ (with float32, `rtol` below 10 machine epsilons warns).
+    - `time_scale`: the learning rate $\tau > 0$ multiplying the gradient.
+    - `solver`: a diffrax solver (default `diffrax.Tsit5()`).
+    - `stepsize_controller`: a diffrax controller (default: `diffrax.PIDController` with
+      `rtol`, `atol` and a step-size floor at the resolution of time, `force_dtmin=False`).
+      Adaptive controllers are guarded so that a non-finite trial step shrinks the step.
+    - `adjoint`: a diffrax adjoint (default `diffrax.RecursiveCheckpointAdjoint()`, see above).
+    - `dt0`: the first step (default: chosen from the vector field, Hairer–Nørsett–Wanner).
+    - `max_steps`: a positive integer bounding the solve (`None` is refused).
     - `blowup`: the flow is declared blown up (`RESULTS.blew_up`) when
       $\max|\theta|$ exceeds `blowup · max(1, max|θ(t0)|)` or becomes non-finite.
     - `event`: optional `(t, model) ↦ bool or real scalar`; the solve stops when it
       becomes true or changes sign (`RESULTS.event_occurred`, time in `.t_final`).
-    - `throw`: raise a `FlowError` naming the failure (max_steps reached, blow-up,
-      non-finite gradient); with `throw=False` the failure is reported in `.result`.
+    - `throw`: raise a `FlowError` naming the failure; with `throw=False` the failure is
+      reported in `.result`.
+    - `save_models`: keep the parameters at every save time (`.models`); `False` keeps
+      only `z` and the loss (`.models` is `None`).
+    - `dense`: keep the solver's dense output, so that
+      [`node_flow.FlowSolution.evaluate`][] gives $z(t)$ at any time. Its buffers hold
+      `max_steps` steps: lower `max_steps` when the state is large.
+    - `progress_meter`: a diffrax progress meter.
 
     **Returns:** a [`node_flow.FlowSolution`][] with `.ts`, `.zs`, `.losses`, `.models`,
     `.stats` and `.result`.
@@ -339,80 +262,103 @@ def gradient_flow(
     params, static = eqx.partition(model, eqx.is_inexact_array)
     if not jax.tree.leaves(params):
         raise ValueError(f"{fname}: `model` has no floating-point parameters to train.")
+    check_real(f"{fname}: the initial model", params)
     check_finite(f"{fname}: the initial model", params)
-    ts = _times(fname, t0, t1, ts)
-    t0, t1 = _as_float(t0), _as_float(t1)
-    ts, zs, losses, t_final, stats, result, models = _gradient_flow_impl(
-        params,
-        static,
-        loss,
-        event,
-        _as_float(time_scale),
-        t0,
-        t1,
-        ts,
-        _as_float(rtol),
-        _as_float(atol),
-        _as_float(blowup),
-        solver=diffrax.Tsit5() if solver is None else solver,
-        dt0=dt0,
-        max_steps=max_steps,
-        progress_meter=progress_meter,
+    check_lift_output(fname, model)
+    _check_event(fname, event)
+    ts = check_times(fname, t0, t1, ts)
+    options = flow_options(
+        fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
+        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
+        max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
+    )  # fmt: skip
+    t0, t1 = as_float(t0), as_float(t1)
+    raw, models, lift = _gradient_flow_core(
+        params, static, loss, event, as_float(time_scale), t0, t1, ts, options, save_models
     )
-    initial_vf = lambda: _euclidean_gradient(params, static, loss)
-    return _finish(fname, ts, zs, losses, t_final, stats, result, models, t0, t1, throw, initial_vf)
+    return finish(fname, raw, models, lift, t0, t1, throw)
+
+
+def check_lift_output(fname, model):
+    out = jax.eval_shape(lambda m: m.lift(), model)
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{fname}: `model.lift()` must return one array z; it returned "
+            f"{type(out).__name__}. Return e.g. `jnp.concatenate` of the pieces, or wrap "
+            "the model so that `lift` gives a single array."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"{fname}: `model.lift()` must return a real floating array; got {out.dtype}."
+        )
+
+
+class _IntrinsicField(eqx.Module):
+    r"""$z \mapsto (-\tau K(z)\nabla\ell,\ \langle\nabla\ell, \dot z\rangle,\ \ell)$."""
+
+    loss: Loss
+    kernel: Kernel
+    time_scale: Any
+
+    def __call__(self, z):
+        value, g = jax.value_and_grad(self.loss)(z)
+        dz = -self.time_scale * self.kernel(z, g)
+        return dz, jnp.vdot(g, dz), value
+
+
+class _SaveZ(eqx.Module):
+    loss: Loss
+
+    def __call__(self, z):
+        return {"zs": z, "losses": self.loss(z)}
+
+
+class _ZEvent(eqx.Module):
+    event: Callable
+
+    def __call__(self, t, z):
+        return self.event(t, z)
 
 
 @eqx.filter_jit
-def _intrinsic_flow_impl(
-    z0,
-    loss,
-    kernel,
-    event,
-    time_scale,
-    t0,
-    t1,
-    ts,
-    rtol,
-    atol,
-    blowup,
-    *,
-    solver,
-    dt0,
-    max_steps,
-    progress_meter,
-):
+def _intrinsic_flow_core(z0, loss, kernel, event, time_scale, t0, t1, ts, options):
     # Input checks at trace time: once per compilation, not on every call.
-    _check_scalar_loss("intrinsic_flow", loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
+    check_scalar_loss("intrinsic_flow", loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
     out = jax.eval_shape(kernel, z0, z0)
     if getattr(out, "shape", None) != z0.shape:
         raise ValueError(
             f"intrinsic_flow: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
             f"got {getattr(out, 'shape', type(out).__name__)}."
         )
+    if event is not None:
+        options = dataclasses.replace(options, event=_ZEvent(event))
+    field = _IntrinsicField(loss, kernel, time_scale)
+    return integrate(field, _SaveZ(loss), z0, t0, t1, ts, options)
 
-    def vector_field(t, z, args):
-        return -time_scale * kernel(z, jax.grad(loss)(z))
 
-    save_fn = lambda t, z, args: (z, loss(z))
-    event_fn = _event_or_none(event, lambda t, z, args, **kw: event(t, z))
-    return _integrate(
-        vector_field,
-        save_fn,
-        event_fn,
-        z0,
-        None,
-        t0,
-        t1,
-        ts,
-        rtol,
-        atol,
-        blowup,
-        solver=solver,
-        dt0=dt0,
-        max_steps=max_steps,
-        progress_meter=progress_meter,
-    )
+@eqx.filter_jit
+def _initial_descent(z0, loss, kernel):
+    """(⟨∇ℓ, K∇ℓ⟩, |∇ℓ| |K∇ℓ|) at z0."""
+    g = jax.grad(loss)(z0)
+    kg = kernel(z0, g)
+    return jnp.stack([jnp.vdot(g, kg), jnp.linalg.norm(g) * jnp.linalg.norm(kg)])
+
+
+# ⟨∇ℓ, K∇ℓ⟩ below −this·|∇ℓ||K∇ℓ| is a non-descent kernel, not rounding.
+_DESCENT_RTOL = 1e-10
+
+
+def _check_initial_descent(fname, z0, loss, kernel):
+    """Refuse a kernel that is not positive semi-definite along ∇ℓ at z0 (concrete z0)."""
+    if not (is_concrete(z0) and all(is_concrete(x) for x in jax.tree.leaves((loss, kernel)))):
+        return
+    inner, scale = np.asarray(_initial_descent(z0, loss, kernel))
+    if inner < -_DESCENT_RTOL * scale:
+        raise ValueError(
+            f"{fname}: the kernel is not a descent direction at z0: "
+            f"⟨∇ℓ, K(z0)∇ℓ⟩ = {inner:.6g} < 0, so the loss would increase. The kernel "
+            "must be positive semi-definite (check its sign: the flow is ż = −K(z)∇ℓ(z))."
+        )
 
 
 def intrinsic_flow(
@@ -427,21 +373,27 @@ def intrinsic_flow(
     atol: ScalarLike = 1e-8,
     time_scale: ScalarLike = 1.0,
     solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
     dt0: ScalarLike | None = None,
-    max_steps: int = 100_000,
+    max_steps: int | None = 100_000,
     blowup: ScalarLike = 1e8,
     event: Callable[[Any, Any], Any] | None = None,
     throw: bool = True,
+    dense: bool = False,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
 ) -> FlowSolution:
     r"""Integrate the intrinsic flow $\dot z = -\tau\, K(z)[\nabla \ell(z)]$ on $[t_0, t_1]$.
 
     This is the flow the lifted variable follows on its own when the intrinsic dynamic
-    property holds (THEORY §1): dimension $d$ instead of $D$.
+    property holds (THEORY §1): dimension $d$ instead of $D$. The kernel must be positive
+    semi-definite: an initial $\langle\nabla\ell, K\nabla\ell\rangle < 0$ is refused
+    (`ValueError`), and an increase of the loss along the flow beyond the solver tolerance
+    is reported as `RESULTS.loss_increased`.
 
     **Arguments:**
 
-    - `z0`: the initial lifted variable.
+    - `z0`: the initial lifted variable (a real floating array).
     - `loss`: any callable `z ↦ scalar`.
     - `kernel`: a callable `(z, G) ↦ K(z)[G]`, e.g.
       `lambda z, G: node_flow.kernels.balanced(z, G, depth)`. To vary kernel parameters
@@ -452,30 +404,21 @@ def intrinsic_flow(
     **Returns:** a [`node_flow.FlowSolution`][] (`.models` is `None`).
     """
     fname = "intrinsic_flow"
+    check_real(f"{fname}: z0", z0)
     z0 = jnp.asarray(z0)
     if not jnp.issubdtype(z0.dtype, jnp.floating):
-        raise TypeError(f"{fname}: `z0` must be a floating array; got {z0.dtype}.")
+        raise TypeError(f"{fname}: `z0` must be a real floating array; got {z0.dtype}.")
     check_finite(f"{fname}: z0", z0)
     if not callable(kernel):
         raise TypeError(f"{fname}: `kernel` must be a callable (z, G) ↦ K(z)[G].")
-    ts = _times(fname, t0, t1, ts)
-    t0, t1 = _as_float(t0), _as_float(t1)
-    ts, (zs, losses), t_final, stats, result = _intrinsic_flow_impl(
-        z0,
-        loss,
-        kernel,
-        event,
-        _as_float(time_scale),
-        t0,
-        t1,
-        ts,
-        _as_float(rtol),
-        _as_float(atol),
-        _as_float(blowup),
-        solver=diffrax.Tsit5() if solver is None else solver,
-        dt0=dt0,
-        max_steps=max_steps,
-        progress_meter=progress_meter,
-    )
-    initial_vf = lambda: _intrinsic_vf(z0, loss, kernel)
-    return _finish(fname, ts, zs, losses, t_final, stats, result, None, t0, t1, throw, initial_vf)
+    _check_event(fname, event)
+    ts = check_times(fname, t0, t1, ts)
+    options = flow_options(
+        fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
+        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
+        max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
+    )  # fmt: skip
+    _check_initial_descent(fname, z0, loss, kernel)
+    t0, t1 = as_float(t0), as_float(t1)
+    raw = _intrinsic_flow_core(z0, loss, kernel, event, as_float(time_scale), t0, t1, ts, options)
+    return finish(fname, raw, None, None, t0, t1, throw)

@@ -4,7 +4,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-from jaxtyping import Array, Float, PyTree, Real
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Real
 
 
 class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -19,6 +19,26 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "The vector field is not finite (NaN or inf) at the initial point: the loss or "
         "its gradient is not finite there."
     )
+    nonfinite_loss = (
+        "The loss became non-finite (NaN or inf) along the flow while the state stayed "
+        "finite: the loss is not defined on part of the trajectory."
+    )
+    loss_increased = (
+        "The loss increased along the flow by more than the solver tolerance: the "
+        "vector field is not a descent direction (a kernel that is not positive "
+        "semi-definite, a negative `time_scale`, or a wrong sign in a custom kernel or "
+        "`precondition`)."
+    )
+    invalid_input = (
+        "The times or save times are invalid (non-finite, t1 <= t0, or `ts` unsorted or "
+        "outside [t0, t1]); they were traced, so they could only be checked inside the "
+        "computation."
+    )
+    diverged = (
+        "Gradient descent diverged: the parameters or the loss became non-finite, or the "
+        "loss grew beyond `blowup` times its initial value. Lower the learning rate `lr` "
+        "(stable steps need lr·time_scale below 2 / (largest Hessian eigenvalue))."
+    )
 
 
 class FlowSolution(eqx.Module):
@@ -31,13 +51,17 @@ class FlowSolution(eqx.Module):
     - `losses`: $\ell(z(t))$ at `ts`.
     - `models`: for [`node_flow.gradient_flow`][], the model with a leading time axis on
       every array (index it with `jax.tree.map(lambda x: x[i], sol.models)`); `None` for
-      [`node_flow.intrinsic_flow`][].
+      [`node_flow.intrinsic_flow`][] and with `save_models=False`.
     - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps` and `num_vf_evals`
-      (vector-field evaluations: `num_steps × (stages − fsal) + fsal` for Runge–Kutta
-      solvers, `-1` when unknown).
+      (vector-field evaluations, counting the one or two of the initial-step selection:
+      `num_steps × (stages − fsal) + fsal` + those for Runge–Kutta solvers, `-1` when
+      unknown).
     - `result`: a [`node_flow.RESULTS`][]; `RESULTS.successful` unless the solve failed
       (only seen with `throw=False`) or an `event` stopped it.
     - `t_final`: the time at which the solve stopped (`t1`, or the event time).
+    - `interpolation`: the solver's dense output (`dense=True`), else `None`; use
+      [`node_flow.FlowSolution.evaluate`][].
+    - `lift`: maps the solver state to $z$ for `evaluate` (`None`: the state is $z$).
     """
 
     ts: Real[Array, " times"]
@@ -47,3 +71,46 @@ class FlowSolution(eqx.Module):
     stats: dict[str, Any]
     result: RESULTS
     t_final: Real[Array, ""]
+    interpolation: diffrax.DenseInterpolation | None = None
+    lift: Any = None
+
+    def evaluate(self, t: Real[ArrayLike, ""]) -> Float[Array, "..."]:
+        r"""$z(t)$ for any $t \in [t_0, t_{\rm final}]$, from the solver's dense output
+        (the interpolant of each accepted step, of the solver's order; e.g. 4th order for
+        `diffrax.Tsit5`). Needs the flow to have been run with `dense=True`.
+
+        **Arguments:** `t`, a scalar time (use `jax.vmap` for many).
+
+        **Returns:** $z(t)$, shaped like one entry of `zs`.
+        """
+        if self.interpolation is None:
+            raise ValueError(
+                "FlowSolution.evaluate: this solution has no dense output. Run the flow "
+                "with `dense=True` (e.g. `gradient_flow(..., dense=True)`) to evaluate "
+                "z(t) between save times."
+            )
+        y = self.interpolation.evaluate(t)[0]
+        return y if self.lift is None else self.lift(y)
+
+
+class DescentSolution(eqx.Module):
+    r"""The iterates of [`node_flow.gradient_descent`][], saved every `save_every` steps.
+
+    **Fields:**
+
+    - `steps`: the step numbers $k$ saved ($0$, `save_every`, …, `num_steps`).
+    - `ts`: the gradient-flow times they approximate, $t_k = k \cdot$ `lr` $\cdot$ `time_scale`.
+    - `zs`, `losses`, `models`: $z$, the loss and the model (leading axis over saves;
+      `models` is `None` with `save_models=False`). After a divergence the entries hold
+      the last finite iterate.
+    - `stats`: `num_steps`, the steps completed (the step at which it diverged, if it did).
+    - `result`: `RESULTS.successful` or `RESULTS.diverged`.
+    """
+
+    steps: Int[Array, " saves"]
+    ts: Real[Array, " saves"]
+    zs: Float[Array, "saves ..."]
+    losses: Float[Array, " saves"]
+    models: PyTree[Any] | None
+    stats: dict[str, Any]
+    result: RESULTS

@@ -1,0 +1,335 @@
+r"""The one flow core: every training flow is a vector field, what to save, and options.
+
+[`node_flow.gradient_flow`][] and [`node_flow.intrinsic_flow`][] only build a
+`field` (an `eqx.Module` $y \mapsto (\dot y, \dot\ell, \ell)$: the velocity, the rate of
+change of the loss along it, and the loss) and a `save` module ($y \mapsto$ what is kept
+at the save times), then call [`integrate`][], a single jit-compiled function that
+
+- appends to the state the *ascent* $a(t) = \int_{t_0}^t \max(0, \dot\ell)\,ds$, the
+  total increase of the loss (zero for a descent flow, up to rounding);
+- picks the first step from the vector field (Hairer, Nørsett & Wanner, *Solving ODEs I*,
+  §II.4), stops on a non-finite or exploding state or on an ascent beyond the solver
+  tolerance (one boolean event), and guards the step-size controller so that a
+  non-finite trial step shrinks the step instead of poisoning it with NaN;
+- solves with `diffrax.diffeqsolve` and classifies the outcome as a
+  [`node_flow.RESULTS`][] member.
+
+[`finish`][] turns the raw output into a [`node_flow.FlowSolution`][], raising
+[`node_flow.FlowError`][] (eagerly) or guarding every output with `eqx.error_if` (under
+`jit`) with the same message.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, PyTree, Real
+
+from ._solution import FlowSolution, RESULTS
+
+
+class FlowError(RuntimeError):
+    """A training flow failed: the solver hit `max_steps`, the step size collapsed, the
+    flow blew up, the loss increased or was not finite. The message says which and where."""
+
+
+# The step-size floor in units in the last place of max(|t0|, |t1|): a smaller step is
+# below the resolution of time itself, so a collapse to it means a finite-time
+# singularity or extreme stiffness (reported as `dt_min_reached`, never forced through).
+_DTMIN_ULPS = 8
+# The ascent tolerated before `loss_increased`: this many times atol + rtol·|ℓ(z0)|.
+# A descent flow has zero ascent up to rounding (orders of magnitude below).
+_ASCENT_FACTOR = 10.0
+
+
+class Options(eqx.Module):
+    """Everything a flow solve needs besides its vector field: one object, not a run of
+    positional arguments. `controller=None` means a PID controller from `rtol`/`atol`."""
+
+    solver: diffrax.AbstractSolver
+    controller: diffrax.AbstractStepSizeController | None
+    adjoint: diffrax.AbstractAdjoint
+    rtol: Real[ArrayLike, ""]
+    atol: Real[ArrayLike, ""]
+    blowup: Real[ArrayLike, ""]
+    dt0: Real[ArrayLike, ""] | None
+    event: Callable | None
+    progress_meter: diffrax.AbstractProgressMeter
+    max_steps: int = eqx.field(static=True)
+    dense: bool = eqx.field(static=True)
+
+
+class _FiniteGuard(diffrax.AbstractAdaptiveStepSizeController):
+    """Wraps an adaptive controller: a trial step whose candidate or error estimate is
+    not finite is rejected with an infinite error (the step shrinks by `factormin`).
+    diffrax divides a NaN error into a NaN step size and then rejects every later step."""
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return _FiniteGuard(self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        t, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # (inner state, a step was accepted, steps rejected before the first acceptance):
+        # an FSAL solver re-evaluates its first stage on each of those.
+        return t, (state, jnp.asarray(False), jnp.asarray(0))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        finite = lambda tree: jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+        )
+        bad = ~(finite(y1_candidate) & finite(y_error))
+        y_error = jax.tree.map(lambda e: jnp.where(bad, jnp.inf, e), y_error)
+        y1_candidate = jax.tree.map(lambda a, b: jnp.where(bad, a, b), y0, y1_candidate)
+        inner, accepted, first_rejections = state
+        keep, next_t0, next_t1, jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        first_rejections = first_rejections + (~accepted & ~keep).astype(int)
+        state = (inner, accepted | keep, first_rejections)
+        return keep, next_t0, next_t1, jump, state, result
+
+
+def _initial_step(f, state0, f0, t0, t1, rtol, atol, order):
+    """Hairer–Nørsett–Wanner's starting step from f0 = f(y0) and one more evaluation,
+    clipped to [.., t1 − t0]; a non-finite trial falls back to the first estimate h0."""
+    rms = lambda x: jnp.sqrt(jnp.mean(jnp.concatenate([jnp.ravel(v) ** 2 for v in x])))
+    scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), state0)
+    over = lambda a: jax.tree.map(lambda x, s: x / s, a, scale)
+    leaves = lambda a: jax.tree.leaves(over(a))
+    d0, d1 = rms(leaves(state0)), rms(leaves(f0))
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
+    f1 = f(jax.tree.map(lambda y, v: y + h0 * v, state0, f0))
+    d2 = rms(leaves(jax.tree.map(lambda a, b: a - b, f1, f0))) / h0
+    dmax = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        dmax <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / dmax) ** (1.0 / (order + 1))
+    )
+    h = jnp.minimum(100 * h0, h1)
+    h = jnp.where(jnp.isfinite(h) & (h > 0), h, h0)
+    return jax.lax.stop_gradient(jnp.minimum(h, t1 - t0))
+
+
+def _controller(options, t0, t1):
+    if options.controller is not None:
+        c = options.controller
+    else:
+        eps = jnp.finfo(jnp.result_type(t1)).eps
+        dtmin = _DTMIN_ULPS * eps * jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+        c = diffrax.PIDController(
+            rtol=options.rtol, atol=options.atol, dtmin=dtmin, force_dtmin=False
+        )
+    if isinstance(c, diffrax.AbstractAdaptiveStepSizeController):
+        return _FiniteGuard(c), True
+    return c, False
+
+
+def _valid_times(t0, t1, ts):
+    """Traced times are checked here (concrete ones were refused before the solve)."""
+    eps = jnp.finfo(jnp.result_type(t1)).eps
+    slack = 64 * eps * jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+    ok = jnp.isfinite(t0) & jnp.isfinite(t1) & (t1 > t0) & jnp.all(jnp.isfinite(ts))
+    ok = ok & jnp.all(ts[1:] >= ts[:-1]) & (ts[0] >= t0 - slack) & (ts[-1] <= t1 + slack)
+    t0s, t1s = jnp.where(ok, t0, 0.0), jnp.where(ok, t1, 1.0)
+    return ok, t0s, t1s, jnp.where(ok, jnp.clip(ts, t0s, t1s), t1s)
+
+
+def _num_vf_evals(solver, num_steps, initial, first_rejections):
+    """Runge–Kutta: every stage of every step, less the first stage of FSAL steps after
+    the first accepted one, plus the evaluations of the initial-step selection."""
+    if isinstance(solver, diffrax.AbstractRungeKutta) and isinstance(
+        solver.tableau, diffrax.ButcherTableau
+    ):
+        fsal = int(solver.tableau.fsal)
+        stages = solver.tableau.num_stages
+        return num_steps * (stages - fsal) + fsal * (1 + first_rejections) + initial
+    return -1 + 0 * num_steps
+
+
+def _stop_event(blowup, scale0, ascent_tol):
+    def stop(t, state, args, **kwargs):
+        y, ascent = state
+        blown = jnp.any(~jnp.isfinite(y)) | (jnp.max(jnp.abs(y)) > blowup * scale0)
+        return blown | ~(ascent <= ascent_tol)
+
+    return stop
+
+
+def _classify(sol, raw_result, ok_times, bad_start, ascent_tol, final_ascent, losses):
+    result = RESULTS.promote(raw_result)
+    stopped = sol.event_mask[0]
+    ascended = ~(final_ascent <= ascent_tol)
+    result = RESULTS.where(stopped & ascended, RESULTS.loss_increased, result)
+    result = RESULTS.where(stopped & ~ascended, RESULTS.blew_up, result)
+    done = (result == RESULTS.successful) | (result == RESULTS.event_occurred)
+    finite_losses = jnp.all(jnp.isfinite(losses) | jnp.isinf(sol.ts[0]))
+    result = RESULTS.where(done & ~finite_losses, RESULTS.nonfinite_loss, result)
+    result = RESULTS.where(bad_start, RESULTS.nonfinite_gradient, result)
+    return RESULTS.where(ok_times, result, RESULTS.invalid_input)
+
+
+@eqx.filter_jit
+def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
+    """Solve $\\dot y = $ `field(y)[0]` on [t0, t1] with the ascent monitor; returns
+    (ts, saved pytree at ts, t_final, stats, result, interpolation or None)."""
+    ok_times, t0, t1, ts = _valid_times(t0, t1, ts)
+    f = lambda state: (lambda dy, rate, _: (dy, jnp.maximum(rate, 0.0)))(*field(state[0]))
+    dy0, rate0, loss0 = field(y0)
+    state0 = (y0, jnp.zeros((), y0.dtype))
+    f0 = (dy0, jnp.maximum(rate0, 0.0))
+    bad_start = ~(jnp.all(jnp.isfinite(dy0)) & jnp.isfinite(rate0) & jnp.isfinite(loss0))
+    controller, adaptive = _controller(options, t0, t1)
+    dt0, initial = options.dt0, 1
+    if dt0 is None and adaptive:
+        order = options.solver.order(diffrax.ODETerm(lambda t, y, a: y))
+        dt0 = _initial_step(f, state0, f0, t0, t1, options.rtol, options.atol, order or 1)
+        initial = 2
+    ascent_tol = _ASCENT_FACTOR * (options.atol + options.rtol * jnp.abs(loss0))
+    scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
+    conds = (_stop_event(options.blowup, scale0, ascent_tol),)
+    if options.event is not None:
+        conds = conds + (lambda t, state, args, **kw: options.event(t, state[0]),)
+    root = None if options.event is None else optx.Newton(rtol=1e-10, atol=1e-12)
+    saveat = diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(state[0])),
+            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: (t, state[1])),
+        ],
+        dense=options.dense,
+        controller_state=adaptive,
+    )
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, state, args: f(state)),
+        options.solver,
+        t0,
+        t1,
+        dt0,
+        state0,
+        saveat=saveat,
+        stepsize_controller=controller,
+        adjoint=options.adjoint,
+        event=diffrax.Event(conds, root_finder=root),
+        max_steps=options.max_steps,
+        throw=False,
+        progress_meter=options.progress_meter,
+    )
+    saved, (t_final, ascent) = sol.ys
+    losses = saved["losses"]
+    result = _classify(sol, sol.result, ok_times, bad_start, ascent_tol, ascent[0], losses)
+    num_steps = sol.stats["num_steps"]
+    first_rejections = sol.controller_state[2] if adaptive else 0
+    stats = {
+        "num_steps": num_steps,
+        "num_accepted_steps": sol.stats["num_accepted_steps"],
+        "num_rejected_steps": sol.stats["num_rejected_steps"],
+        "num_vf_evals": _num_vf_evals(options.solver, num_steps, initial, first_rejections),
+    }
+    interpolation = sol.interpolation if options.dense else None
+    return sol.ts[0], saved, t_final[0], stats, result, interpolation
+
+
+_HINTS = {
+    "dt_min_reached": (
+        " The step size collapsed to the resolution of time: the flow has a finite-time "
+        "singularity (a blow-up of the loss or of the weights) or is extremely stiff "
+        "there. Check the loss near the stopping time, stop before it (smaller `t1`, or "
+        "an `event`), or try a stiff solver (e.g. `solver=diffrax.Kvaerno5()`)."
+    ),
+    "max_steps_reached": (
+        " Long plateaus (small initializations) need many steps: raise `max_steps`, "
+        "or loosen rtol/atol."
+    ),
+}
+
+
+_FAILURES = (
+    "max_steps_reached",
+    "dt_min_reached",
+    "max_steps_rejected",
+    "internal_error",
+    "blew_up",
+    "nonfinite_gradient",
+    "nonfinite_loss",
+    "loss_increased",
+    "invalid_input",
+    "diverged",
+    "nonlinear_max_steps_reached",
+    "nonlinear_divergence",
+    "nonfinite",
+)
+
+
+def failure_message(fname: str, name: str) -> str:
+    """The message of a failed flow, the same for the eager and the traced path."""
+    return f"{fname}: {RESULTS[getattr(RESULTS, name)]}{_HINTS.get(name, '')}"
+
+
+def is_ok(result) -> Any:
+    """Whether a result is a success (an `event` stopping the solve is one)."""
+    return (result == RESULTS.successful) | (result == RESULTS.event_occurred)
+
+
+def raise_or_guard(fname: str, outputs: PyTree, result, where: str, throw: bool) -> PyTree:
+    """With `throw`: eagerly, a [`node_flow.FlowError`][] for a failed `result` (its
+    message, a hint, and `where` it stopped); under `jit`, every output guarded by
+    `eqx.error_if` with the same message. Returns `outputs`."""
+    if not throw:
+        return outputs
+    if not result.is_traced():
+        message = RESULTS[result]
+        if message in (RESULTS[RESULTS.successful], RESULTS[RESULTS.event_occurred]):
+            return outputs
+        names = [k for k in _FAILURES if RESULTS[getattr(RESULTS, k)] == message]
+        text = failure_message(fname, names[0]) if names else f"{fname}: {message}"
+        raise FlowError(f"{text} {where}".rstrip())
+    known = jnp.zeros((), bool)
+    for name in _FAILURES:
+        member = getattr(RESULTS, name)
+        known = known | (result == member)
+        outputs = eqx.error_if(outputs, result == member, failure_message(fname, name))
+    failed = ~is_ok(result) & ~known
+    return eqx.error_if(outputs, failed, f"{fname}: the flow failed (see `.result`).")
+
+
+def finish(fname, raw, models, lift, t0, t1, throw) -> FlowSolution:
+    """A [`node_flow.FlowSolution`][] from `integrate`'s output, checked (see
+    `raise_or_guard`)."""
+    ts, saved, t_final, stats, result, interpolation = raw
+    outputs = (ts, saved["zs"], saved["losses"], models, t_final)
+    if not result.is_traced() and throw:
+        where = (
+            f"Stopped at t = {float(t_final):.6g} of [{float(t0):.6g}, {float(t1):.6g}] "
+            f"after {int(stats['num_steps'])} steps."
+        )
+    else:
+        where = ""
+    ts, zs, losses, models, t_final = raise_or_guard(fname, outputs, result, where, throw)
+    return FlowSolution(
+        ts=ts,
+        zs=zs,
+        losses=losses,
+        models=models,
+        stats=stats,
+        result=result,
+        t_final=t_final,
+        interpolation=interpolation,
+        lift=lift if interpolation is not None else None,
+    )
