@@ -199,3 +199,19 @@ def test_recover_squares_rejects_bad_solver_options(kwargs, match):
         relu.recover_squares(z, h0, net.arch, **kwargs)
     with pytest.raises(ValueError, match=f"intrinsic_kernel: {match}"):
         relu.intrinsic_kernel(z, h0, net.arch, **kwargs)
+
+
+@pytest.mark.parametrize("tiny", [1e-15, 1e-12, 1e-9])
+def test_recover_squares_with_an_edge_only_on_tiny_paths(tiny):
+    # A bias crossing zero along training (met by `make relu`'s mlp_3_layers): its edge lies
+    # only on paths of size ~tiny. lstsq truncated that direction with the rescalings and
+    # returned θ_e² = 1, so K(z, h0) was 16% off M(θ). Oracle: the network's own weights;
+    # 1e-10 relative to max θ² as in `test_recover_squares_returns_the_weights_of_the_network`.
+    U1 = jnp.asarray([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.4]])
+    U2 = jnp.asarray([[0.9, -0.6, 0.5], [0.2, 0.7, -1.1]])
+    net = relu.MLP([U1, U2], [jnp.asarray([tiny, 0.4, -0.3]), jnp.asarray([0.1, -0.2])])
+    z, h0 = net.lift(), relu.conservation_laws(net)
+    sq, true = relu.recover_squares(z, h0, net.arch), net.edge_weights() ** 2
+    assert float(jnp.max(jnp.abs(sq - true)) / jnp.max(true)) < 1e-10
+    K, M = relu.intrinsic_kernel(z, h0, net.arch), relu.metric_matrix(net)
+    assert float(jnp.linalg.norm(K - M) / jnp.linalg.norm(M)) < 1e-10

@@ -72,6 +72,11 @@ def _check_determined(fname: str, z, arch: Architecture) -> None:
     )
 
 
+# Far above lstsq's cutoff (~1e-13 relative) and far below the weight of a path that matters;
+# noise δ on a tiny z_p moves the other log-weights by at most ~1e-6 · δ/|z_p|.
+_FIT_WEIGHT_FLOOR = 1e-6
+
+
 def _representative_log_weights(z, arch: Architecture, lifting_rtol):
     r"""$w$ with $\sum_{e \in p} w_e = \log|z_p|$ on the paths with $z_p \neq 0$ (least squares)."""
     P = jnp.asarray(arch.incidence, dtype=z.dtype)
@@ -87,8 +92,13 @@ def _representative_log_weights(z, arch: Architecture, lifting_rtol):
     # Rows weighted by |z_p| / max|z|: a log-residual r_p is then the error |z_p| r_p on z_p
     # itself, so tiny entries (a weight crossing zero) neither dominate the fit nor trip the
     # consistency check below by their large relative error.
+    # The fit floors the weights at `_FIT_WEIGHT_FLOOR`: an edge that lies only on tiny paths
+    # (a bias crossing zero) would otherwise sit in a direction of singular value ~|z_p|,
+    # truncated by lstsq like the null space of rescalings, and get log|θ_e| = 0, i.e.
+    # θ_e² = 1 instead of ~z_p². The consistency check keeps the unfloored weights.
     weight = jnp.abs(z) / jnp.max(jnp.abs(z))
-    w = jnp.linalg.lstsq(weight[:, None] * P, weight * logz)[0]
+    fit = jnp.where(nonzero, jnp.maximum(weight, _FIT_WEIGHT_FLOOR), 0.0)
+    w = jnp.linalg.lstsq(fit[:, None] * P, fit * logz)[0]
     residual = jnp.max(weight * jnp.abs(P @ w - logz))
     w = eqx.error_if(
         w,
