@@ -230,7 +230,7 @@ def gradient_flow(
     - `t1`: final training time, finite and greater than `t0`.
     - `ts`: the times to save at (default `[t0, t1]`): 1-D, finite, non-decreasing, in
       `[t0, t1]` (a round-off overshoot of the end points is clipped).
-    - `rtol`, `atol`: tolerances of the default step-size controller, $0 < $ `rtol` $< 1$,
+    - `rtol`, `atol`: tolerances of the default step-size controller, `rtol` in $(0, 1)$,
       `atol` $> 0$ (with float32, `rtol` below 10 machine epsilons warns).
     - `time_scale`: the learning rate $\tau > 0$ multiplying the gradient.
     - `solver`: a diffrax solver (default `diffrax.Tsit5()`).
