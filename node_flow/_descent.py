@@ -68,7 +68,8 @@ def _descent_core(params, static, loss, lr, time_scale, blowup, num_steps, save_
     models = None if ys is None else eqx.combine(jax.vmap(unravel)(ys), static)
     result = RESULTS.where(failed_at >= 0, RESULTS.diverged, RESULTS.successful)
     done = jnp.where(failed_at >= 0, failed_at, num_steps)
-    return steps, steps * (lr * time_scale), saved, models, result, done
+    ts = steps.astype(jnp.result_type(lr)) * (lr * time_scale)
+    return steps, ts, saved, models, result, done
 
 
 def _check_count(fname, name, n):

@@ -418,6 +418,13 @@ def intrinsic_flow(
         stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
         max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
     )  # fmt: skip
+    check_scalar_loss(fname, loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
+    out = jax.eval_shape(kernel, z0, z0)
+    if getattr(out, "shape", None) != z0.shape:
+        raise ValueError(
+            f"{fname}: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
     _check_initial_descent(fname, z0, loss, kernel)
     t0, t1 = as_float(t0), as_float(t1)
     raw = _intrinsic_flow_core(z0, loss, kernel, event, as_float(time_scale), t0, t1, ts, options)

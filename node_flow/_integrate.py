@@ -165,8 +165,8 @@ def _num_vf_evals(solver, num_steps, initial, first_rejections):
 
 
 def _stop_event(blowup, scale0, ascent_tol):
-    def stop(t, state, args, **kwargs):
-        y, ascent = state
+    def stop(t, y, args, **kwargs):  # diffrax passes `y` by keyword
+        y, ascent = y
         blown = jnp.any(~jnp.isfinite(y)) | (jnp.max(jnp.abs(y)) > blowup * scale0)
         return blown | ~(ascent <= ascent_tol)
 
@@ -206,7 +206,7 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
     conds = (_stop_event(options.blowup, scale0, ascent_tol),)
     if options.event is not None:
-        conds = conds + (lambda t, state, args, **kw: options.event(t, state[0]),)
+        conds = conds + (lambda t, y, args, **kw: options.event(t, y[0]),)
     root = None if options.event is None else optx.Newton(rtol=1e-10, atol=1e-12)
     saveat = diffrax.SaveAt(
         subs=[

@@ -6,8 +6,7 @@ returns that `Axes`. matplotlib is imported only when a new figure is needed, so
 `pyplot` state is touched (safe with the Agg backend and in threads).
 
 The flow plots take anything with the fields of a [`node_flow.FlowSolution`][] they
-use (`ts`, `zs`, `losses`, `models`), e.g. the solution of `node_flow.gradient_descent`
-too; save times that are `inf` (after a terminating event) are dropped.
+use (`ts`, `zs`, `losses`, `models`), e.g. a [`node_flow.DescentSolution`][] too; save times that are `inf` (after a terminating event) are dropped.
 """
 
 from typing import Any, NamedTuple
@@ -218,10 +217,10 @@ def conservation(sol, *, ax=None):
     """
     if sol.models is None:
         raise ValueError(
-            "conservation: sol.models is None (an intrinsic flow, or models not saved), "
-            "so there are no parameters to take conservation laws of. Run "
-            "`node_flow.gradient_flow` (with its models saved) on a LinearNetwork or "
-            "ResidualLinearNetwork."
+            "conservation: sol.models is None (an intrinsic flow, or a run with "
+            "save_models=False), so there are no parameters to take conservation laws of. "
+            "Run `node_flow.gradient_flow` or `node_flow.gradient_descent` on a "
+            "LinearNetwork or ResidualLinearNetwork with save_models=True (the default)."
         )
     if not isinstance(sol.models, LinearNetwork | ResidualLinearNetwork):
         raise TypeError(

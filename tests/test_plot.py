@@ -161,3 +161,20 @@ def test_plots_without_axes_draw_on_new_figures():
         assert len({id(ax.figure) for ax in axes}) == 4
     finally:
         plt.close("all")
+
+
+def test_conservation_of_one_descent_step_is_the_exact_identity():
+    """A real `gradient_descent` step on z = U₂U₁: C₁ changes by η²(G₂ᵀG₂ − G₁G₁ᵀ)
+    exactly (REFERENCES), with G₁ = U₂ᵀ∇ℓ, G₂ = ∇ℓ U₁ᵀ, ∇ℓ = (zX − Y)Xᵀ/N in NumPy.
+    The plotted drift is a difference of O(1) matrices: 1e-12 relative to an O(η²) change
+    of ~1e-2 leaves a margin of ~1e3 over float64 round-off."""
+    rng = np.random.default_rng(5)
+    X, Y, U1, U2 = (rng.normal(size=s) for s in [(2, 4), (2, 4), (3, 2), (2, 3)])
+    lr = 0.1
+    sol = nf.gradient_descent(nf.LinearNetwork((U1, U2)), nf.LeastSquares(X, Y), lr, 1)
+    grad = (U2 @ U1 @ X - Y) @ X.T / 4
+    G1, G2 = U2.T @ grad, grad @ U1.T
+    expected = lr**2 * np.linalg.norm(G2.T @ G2 - G1 @ G1.T)
+    (line,) = nf.plot.conservation(sol, ax=new_axes()).get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [lr], rtol=1e-15)
+    np.testing.assert_allclose(line.get_ydata(), [expected], rtol=1e-12)
