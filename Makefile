@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
+.PHONY: install test test-slow run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
 	learning-times lazy-rich reproduce
 
 install: $(STAMP)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the docs extra
 	touch $(STAMP)
 
+# `make test`: everything but the compile-heavy checks marked `slow` (≤ 8 min on 2 cores);
+# `make test-slow`: those; CI runs both.
 test: install
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -n auto --dist loadfile -m slow
 
 run: depth-limit
 

@@ -6,7 +6,8 @@ returns that `Axes`. matplotlib is imported only when a new figure is needed, so
 `pyplot` state is touched (safe with the Agg backend and in threads).
 
 The flow plots take anything with the fields of a [`node_flow.FlowSolution`][] they
-use (`ts`, `zs`, `losses`, `models`), e.g. a [`node_flow.DescentSolution`][] too; save times that are `inf` (after a terminating event) are dropped.
+use (`ts`, `zs`, `losses`, `models`), e.g. a [`node_flow.DescentSolution`][] too; save
+times that are `inf` (after a terminating event) are dropped.
 """
 
 from typing import Any, NamedTuple

@@ -37,8 +37,19 @@ class _OneOfTwoLosses(eqx.Module):
         return self.w[0] * self.least_squares(z) + self.w[1] * quartic_loss(z)
 
 
-@pytest.mark.parametrize("n", [1, 3, 6])
-@pytest.mark.parametrize("depth", [2, 3, 5, 8])
+# A diagonal of the (depth, width) grid runs in `make test`; the rest of the grid is `slow`
+# (each point compiles two flows) and runs in `make test-slow`.
+_FAST_GRID = {(2, 3), (5, 6), (8, 1)}
+
+
+@pytest.mark.parametrize(
+    "depth, n",
+    [
+        pytest.param(d, n, marks=() if (d, n) in _FAST_GRID else pytest.mark.slow)
+        for d in (2, 3, 5, 8)
+        for n in (1, 3, 6)
+    ],
+)
 def test_parameter_flow_matches_intrinsic_flow(depth, n):
     """Claim 1: for relaxed balanced starts with random mixed-sign λ (two seeds), with the
     least-squares loss and with the quartic loss ¼||zᵀz − I||², the parameter flow and

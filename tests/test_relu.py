@@ -228,6 +228,7 @@ def test_intrinsic_kernel_operator_equals_matrix():
 # -- training: parameter flow, intrinsic flow, pattern changes --------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_metric_equals_intrinsic_kernel_along_the_flow(trained, name):
     # Acceptance: M(θ(t)) = K(z(t), h(θ0)) to 1e-9 (relative) at every save time.
@@ -248,6 +249,7 @@ def test_metric_equals_intrinsic_kernel_along_the_flow(trained, name):
     assert float(jnp.max(jnp.abs(hs - sol.h0))) < 1e-9 * float(jnp.max(jnp.abs(sol.h0)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_parameter_and_intrinsic_flows_give_the_same_z(trained, name):
     # Acceptance: same z(t) to 1e-7 on the fixed-pattern intervals (both flows at
@@ -259,6 +261,7 @@ def test_parameter_and_intrinsic_flows_give_the_same_z(trained, name):
     assert float(sol.losses[-1, -1]) < float(sol.losses[0, 0])  # it trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETS)
 def test_pattern_changes_are_located_at_pre_activation_zeros(trained, name):
     net, X, Y, sol = trained[name]
@@ -281,6 +284,7 @@ def test_pattern_changes_are_located_at_pre_activation_zeros(trained, name):
             assert float(jnp.max(jnp.where(flipped, jnp.abs(pre), 0.0))) < 1e-8
 
 
+@pytest.mark.slow
 def test_piecewise_training_matches_a_direct_relu_gradient_flow(trained):
     # Independent oracle: diffrax on θ' = -∇_θ L(θ) with L by the network's own forward
     # pass (autodiff through ReLU, no events, the adaptive solver steps over the kinks).
