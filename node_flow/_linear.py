@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._chain import chain_product, chain_product_reverse
-from ._inputs import as_real_array
+from ._checks import as_real_array
 from ._lifting import AbstractLifting
 
 

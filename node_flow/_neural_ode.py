@@ -11,9 +11,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Real, Shaped
 
 from ._basis import AbstractBasis, as_basis
-from ._checks import is_concrete
+from ._checks import as_count, as_real_array, as_scale, CountLike, is_concrete, ScaleLike
 from ._custom_types import ScalarLike
-from ._inputs import as_count, as_real_array, as_scale, CountLike, ScaleLike
 from ._lifting import AbstractLifting
 from ._residual import ResidualLinearNetwork
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._chain import chain_product, chain_product_reverse
-from ._inputs import as_real_array
+from ._checks import as_real_array
 from ._lifting import AbstractLifting
 from ._linear import LinearNetwork
 

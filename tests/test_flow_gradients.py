@@ -31,7 +31,7 @@ def _assert_close(ad, fd):
     assert abs(float(ad) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_gradient_of_the_parameter_flow_matches_finite_differences(seed):
     """d/dθ0, d/dY (data inside the loss) and d/dτ of ⟨W, z(t1)⟩ + ℓ(z(t1)), depth 3."""
     k = jax.random.split(jax.random.key(seed), 5)
@@ -55,7 +55,7 @@ def test_gradient_of_the_parameter_flow_matches_finite_differences(seed):
     _assert_close(g_tau, _central(lambda t: f(flat, Y, t), 1.0, 1.0))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_gradient_of_the_intrinsic_flow_matches_finite_differences(seed):
     """d/dz0 of a scalar of z(t1) for the balanced depth-3 kernel and the quartic loss."""
     k = jax.random.split(jax.random.key(10 + seed), 3)

@@ -282,6 +282,7 @@ def test_two_layer_relaxed_kernel_derivative_at_rank_deficient_z():
     )
 
 
+@pytest.mark.slow
 def test_implicit_solver_through_the_neural_ode_kernel_matches_explicit_solve():
     """Kvaerno5 needs the Jacobian of z ↦ −K_∞(z)[∇ℓ(z)] from z = I (all singular values
     equal: autodiff through the SVD made it fail with "z is singular"). The implicit solve

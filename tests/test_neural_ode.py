@@ -140,6 +140,7 @@ def test_constant_lift_is_the_product_of_cell_exponentials(weights):
     assert max_abs(node.lift() - expected) <= 1e-9
 
 
+@pytest.mark.slow
 def test_lift_converges_at_second_order_for_linear_interpolation(weights):
     """|Φ_m(1, 0) − e^K e^{S0} e^{∫μ}| = O(h²) for the piecewise-linear interpolant."""
     ms = [4, 8, 16, 32]
@@ -287,6 +288,7 @@ def test_relaxed_balanced_residual_converges_to_the_weight_function(lam):
         assert max(z_err) <= 1e-12
 
 
+@pytest.mark.slow
 def test_to_residual_converges_to_the_neural_ode(weights):
     node = weights.grid(8)
     Ls = [16, 32, 64, 128]
@@ -303,6 +305,7 @@ def test_residual_flow_is_the_linear_flow_with_time_scale_one_over_L():
     assert max_abs(a.zs - b.zs) <= 1e-8
 
 
+@pytest.mark.slow
 def test_residual_parameter_flow_matches_its_finite_depth_intrinsic_flow():
     """z_L(t) from the parameter flow equals the flow of (1/L) K_L with the λ_k measured on
     the network, for three λ profiles batched by vmap (rtol = atol = 1e-10 ⇒ agreement ≤ 1e-7)."""

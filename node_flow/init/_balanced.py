@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
-from .._checks import is_concrete
-from .._inputs import as_float_dtype, as_scale, as_widths, ScaleLike, WidthsLike
+from .._checks import as_float_dtype, as_scale, as_widths, is_concrete, ScaleLike, WidthsLike
 from .._linear import LinearNetwork
 from ._common import orthonormal, psd_sqrt, spectrum
 

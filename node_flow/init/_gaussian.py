@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from .._inputs import as_float_dtype, as_scale, as_widths, ScaleLike, WidthsLike
+from .._checks import as_float_dtype, as_scale, as_widths, ScaleLike, WidthsLike
 from .._linear import LinearNetwork
 
 

@@ -12,7 +12,7 @@ from jax.scipy.linalg import expm
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._basis import AbstractBasis
-from .._inputs import as_count, as_float_dtype, as_real_array, as_scale, CountLike, ScaleLike
+from .._checks import as_count, as_float_dtype, as_real_array, as_scale, CountLike, ScaleLike
 from .._neural_ode import LinearNeuralODE
 from .._residual import ResidualLinearNetwork
 
