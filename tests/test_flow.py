@@ -280,6 +280,7 @@ def test_event_stops_the_flow():
     assert abs(float(check.losses[-1]) - threshold) <= 1e-7
 
 
+@pytest.mark.slow
 def test_flows_under_jit_with_traced_times_and_tolerances():
     """Inside a user's `jax.jit`, t1, ts and the tolerances are tracers (the host-side
     fast path must not touch them): the same z(t) as the eager call, to rounding (1e-12:

@@ -108,6 +108,7 @@ def test_finite_time_singularity_reports_dt_min_with_its_hint():
     assert abs(float(sol.t_final) - t_star) < 1e-5 * t_star
 
 
+@pytest.mark.slow
 def test_under_jit_every_output_carries_the_error(problem):
     """Returning only `.losses`, `.models`, `.ts` or `.t_final` of a failed flow raises
     with the message of the eager FlowError (max_steps reached)."""

@@ -271,6 +271,7 @@ def test_relaxed_balanced_residual_is_exactly_relaxed_balanced(L, lam):
         assert max_abs(C - expected) <= 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [0.0, 1.5, oscillating])
 def test_relaxed_balanced_residual_converges_to_the_weight_function(lam):
     """A_k → A((k − ½)/L) and z_L → z0 at first order in 1/L."""
