@@ -47,6 +47,57 @@ def check_real(name: str, arrays) -> None:
             )
 
 
+def check_array_output(fname: str, what: str, fn, *args) -> jax.ShapeDtypeStruct:
+    """`fn(*args)` returns one real floating array (checked by tracing, nothing runs);
+    returns its shape and dtype. `what` names the function in the message."""
+    try:
+        out = jax.eval_shape(fn, *args)
+    except TypeError as err:
+        raise TypeError(
+            f"{fname}: `{what}` must be a JAX function returning one floating array; "
+            f"evaluating it failed with: {err}"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{fname}: `{what}` must return one array z (a single floating array); it "
+            f"returned {type(out).__name__} ({jax.tree.structure(out)}). Combine the pieces "
+            "into one array, e.g. with `jnp.concatenate` or `jax.flatten_util.ravel_pytree`."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"{fname}: `{what}` must return a real floating array; got dtype {out.dtype} "
+            "(an integer or boolean output has no derivative)."
+        )
+    return out
+
+
+def check_model(fname: str, model) -> tuple[Any, Any]:
+    """A trainable model: an `eqx.Module` with a `.lift()` returning one real floating
+    array, and real, finite floating-point parameters. Returns `(params, static)`, the
+    partition of `model` by `eqx.is_inexact_array`."""
+    if not isinstance(model, eqx.Module) or not callable(getattr(model, "lift", None)):
+        raise TypeError(f"{fname}: `model` must be an eqx.Module with a `.lift()` method.")
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    if not jax.tree.leaves(params):
+        raise ValueError(f"{fname}: `model` has no floating-point parameters to train.")
+    check_real(f"{fname}: the initial model", params)
+    check_finite(f"{fname}: the initial model", params)
+    check_array_output(fname, "model.lift()", lambda m: m.lift(), model)
+    return params, static
+
+
+def check_scalar_loss(fname: str, loss, z: jax.ShapeDtypeStruct) -> None:
+    """`loss` a callable returning a real floating scalar for `z` (checked by tracing)."""
+    if not callable(loss):
+        raise TypeError(f"{fname}: `loss` must be a callable z ↦ scalar; got {type(loss)}.")
+    out = jax.eval_shape(loss, z)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise TypeError(f"{fname}: `loss` must return a scalar; it returned shape {shape}.")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"{fname}: `loss` must return a real floating scalar; got {out.dtype}.")
+
+
 def _scalar(fname: str, name: str, x) -> float | None:
     """The value of a concrete real scalar, `None` when traced."""
     if not is_concrete(x):

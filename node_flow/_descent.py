@@ -9,16 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._checks import check_finite, check_max_steps, check_positive, check_real
+from ._checks import check_max_steps, check_model, check_positive, check_scalar_loss
 from ._custom_types import Loss, ScalarLike
-from ._flow import (
-    as_float,
-    check_lift_output,
-    check_scalar_loss,
-    ParameterField,
-    ParameterLift,
-    SaveParameters,
-)
+from ._flow import as_float, ParameterField, ParameterLift, SaveParameters
 from ._integrate import raise_or_guard
 from ._solution import DescentSolution, RESULTS
 
@@ -135,14 +128,7 @@ def gradient_descent(
     `.models`, `.stats` and `.result`.
     """
     fname = "gradient_descent"
-    if not isinstance(model, eqx.Module) or not callable(getattr(model, "lift", None)):
-        raise TypeError(f"{fname}: `model` must be an eqx.Module with a `.lift()` method.")
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    if not jax.tree.leaves(params):
-        raise ValueError(f"{fname}: `model` has no floating-point parameters to train.")
-    check_real(f"{fname}: the initial model", params)
-    check_finite(f"{fname}: the initial model", params)
-    check_lift_output(fname, model)
+    params, static = check_model(fname, model)
     for name, value in (("lr", lr), ("time_scale", time_scale), ("blowup", blowup)):
         check_positive(fname, name, value)
     if target_loss is not None:

@@ -21,8 +21,10 @@ from jaxtyping import ArrayLike
 from ._checks import (
     check_finite,
     check_max_steps,
+    check_model,
     check_positive,
     check_real,
+    check_scalar_loss,
     check_times,
     check_tolerances,
     is_concrete,
@@ -31,18 +33,6 @@ from ._custom_types import Kernel, Loss, ScalarLike
 from ._integrate import finish, FlowError as FlowError, integrate, Options
 from ._lifting import precondition, reverse_mode
 from ._solution import FlowSolution
-
-
-def check_scalar_loss(fname: str, loss: Loss, z: jax.ShapeDtypeStruct) -> None:
-    """`loss` a callable returning a real floating scalar for `z` (checked by tracing)."""
-    if not callable(loss):
-        raise TypeError(f"{fname}: `loss` must be a callable z ↦ scalar; got {type(loss)}.")
-    out = jax.eval_shape(loss, z)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-        shape = getattr(out, "shape", type(out).__name__)
-        raise TypeError(f"{fname}: `loss` must return a scalar; it returned shape {shape}.")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"{fname}: `loss` must return a real floating scalar; got {out.dtype}.")
 
 
 def as_float(x):
@@ -54,45 +44,45 @@ def as_float(x):
     return np.asarray(x, dtype=dtype)
 
 
-def flow_options(
-    fname,
-    *,
-    rtol,
-    atol,
-    time_scale,
-    solver,
-    stepsize_controller,
-    adjoint,
-    dt0,
-    max_steps,
-    blowup,
-    progress_meter,
-    dense,
-    target_loss=None,
-) -> Options:
-    """Validate the options shared by every flow (before any solve) and group them."""
-    check_tolerances(fname, rtol, atol)
-    check_max_steps(fname, max_steps)
-    check_positive(fname, "blowup", blowup)
-    check_positive(fname, "time_scale", time_scale)
-    if dt0 is not None:
-        check_positive(fname, "dt0", dt0)
-    if target_loss is not None:
-        check_positive(fname, "target_loss", target_loss)
-    return Options(
+def flow_options(fname: str, args: dict[str, Any]) -> tuple[Options, Any, Any, Any, Any]:
+    """Validate the arguments every flow shares (before any solve) and group them.
+
+    `args`: the flow's arguments by name (its `locals()`). Returns `(options, ts, t0, t1,
+    time_scale)`, the times and the scale as floating scalars for the jitted core."""
+    event, t0, t1, dt0, target = (
+        args["event"],
+        args["t0"],
+        args["t1"],
+        args["dt0"],
+        args["target_loss"],
+    )
+    if event is not None and not callable(event):
+        raise TypeError(f"{fname}: `event` must be a callable (t, state) ↦ bool or real scalar.")
+    ts = check_times(fname, t0, t1, args["ts"])
+    check_tolerances(fname, args["rtol"], args["atol"])
+    check_max_steps(fname, args["max_steps"])
+    for name in (
+        ("blowup", "time_scale")
+        + ("dt0",) * (dt0 is not None)
+        + (("target_loss",) * (target is not None))
+    ):
+        check_positive(fname, name, args[name])
+    solver, adjoint = args["solver"], args["adjoint"]
+    options = Options(
         solver=diffrax.Tsit5() if solver is None else solver,
-        controller=stepsize_controller,
+        controller=args["stepsize_controller"],
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
-        rtol=as_float(rtol),
-        atol=as_float(atol),
-        blowup=as_float(blowup),
+        rtol=as_float(args["rtol"]),
+        atol=as_float(args["atol"]),
+        blowup=as_float(args["blowup"]),
         dt0=None if dt0 is None else as_float(dt0),
         event=None,
-        target_loss=None if target_loss is None else as_float(target_loss),
-        progress_meter=progress_meter,
-        max_steps=max_steps,
-        dense=bool(dense),
+        target_loss=None if target is None else as_float(target),
+        progress_meter=args["progress_meter"],
+        max_steps=args["max_steps"],
+        dense=bool(args["dense"]),
     )
+    return options, ts, as_float(t0), as_float(t1), as_float(args["time_scale"])
 
 
 class ParameterLift(eqx.Module):
@@ -164,11 +154,6 @@ def _gradient_flow_core(params, static, loss, event, time_scale, t0, t1, ts, opt
     ys = raw[1].get("ys")
     models = None if ys is None else eqx.combine(jax.vmap(unravel)(ys), static)
     return raw, models, lift
-
-
-def _check_event(fname, event):
-    if event is not None and not callable(event):
-        raise TypeError(f"{fname}: `event` must be a callable (t, state) ↦ bool or real scalar.")
 
 
 def gradient_flow(
@@ -270,41 +255,12 @@ def gradient_flow(
     `.stats` and `.result`.
     """
     fname = "gradient_flow"
-    if not isinstance(model, eqx.Module) or not callable(getattr(model, "lift", None)):
-        raise TypeError(f"{fname}: `model` must be an eqx.Module with a `.lift()` method.")
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    if not jax.tree.leaves(params):
-        raise ValueError(f"{fname}: `model` has no floating-point parameters to train.")
-    check_real(f"{fname}: the initial model", params)
-    check_finite(f"{fname}: the initial model", params)
-    check_lift_output(fname, model)
-    _check_event(fname, event)
-    ts = check_times(fname, t0, t1, ts)
-    options = flow_options(
-        fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
-        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
-        max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
-        target_loss=target_loss,
-    )  # fmt: skip
-    t0, t1 = as_float(t0), as_float(t1)
+    params, static = check_model(fname, model)
+    options, ts, t0, t1, scale = flow_options(fname, locals())
     raw, models, lift = _gradient_flow_core(
-        params, static, loss, event, as_float(time_scale), t0, t1, ts, options, save_models
+        params, static, loss, event, scale, t0, t1, ts, options, save_models
     )
     return finish(fname, raw, models, lift, t0, t1, throw)
-
-
-def check_lift_output(fname, model):
-    out = jax.eval_shape(lambda m: m.lift(), model)
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"{fname}: `model.lift()` must return one array z; it returned "
-            f"{type(out).__name__}. Return e.g. `jnp.concatenate` of the pieces, or wrap "
-            "the model so that `lift` gives a single array."
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(
-            f"{fname}: `model.lift()` must return a real floating array; got {out.dtype}."
-        )
 
 
 class _IntrinsicField(eqx.Module):
@@ -336,14 +292,7 @@ class _ZEvent(eqx.Module):
 
 @eqx.filter_jit
 def _intrinsic_flow_core(z0, loss, kernel, event, time_scale, t0, t1, ts, options):
-    # Input checks at trace time: once per compilation, not on every call.
-    check_scalar_loss("intrinsic_flow", loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
-    out = jax.eval_shape(kernel, z0, z0)
-    if getattr(out, "shape", None) != z0.shape:
-        raise ValueError(
-            f"intrinsic_flow: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
-            f"got {getattr(out, 'shape', type(out).__name__)}."
-        )
+    # `loss` and `kernel` were checked by `intrinsic_flow` (which a user's `jit` traces too).
     if event is not None:
         options = dataclasses.replace(options, event=_ZEvent(event))
     field = _IntrinsicField(loss, kernel, time_scale)
@@ -362,8 +311,17 @@ def _initial_descent(z0, loss, kernel):
 _DESCENT_RTOL = 1e-10
 
 
-def _check_initial_descent(fname, z0, loss, kernel):
-    """Refuse a kernel that is not positive semi-definite along ∇ℓ at z0 (concrete z0)."""
+def _check_kernel(fname, z0, loss, kernel):
+    """`kernel` a callable returning an array of z's shape; refuse a kernel that is not
+    positive semi-definite along ∇ℓ at z0 (when z0, loss and kernel are concrete)."""
+    if not callable(kernel):
+        raise TypeError(f"{fname}: `kernel` must be a callable (z, G) ↦ K(z)[G].")
+    out = jax.eval_shape(kernel, z0, z0)
+    if getattr(out, "shape", None) != z0.shape:
+        raise ValueError(
+            f"{fname}: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
+            f"got {getattr(out, 'shape', type(out).__name__)}."
+        )
     if not (is_concrete(z0) and all(is_concrete(x) for x in jax.tree.leaves((loss, kernel)))):
         return
     inner, scale = np.asarray(_initial_descent(z0, loss, kernel))
@@ -424,24 +382,8 @@ def intrinsic_flow(
     if not jnp.issubdtype(z0.dtype, jnp.floating):
         raise TypeError(f"{fname}: `z0` must be a real floating array; got {z0.dtype}.")
     check_finite(f"{fname}: z0", z0)
-    if not callable(kernel):
-        raise TypeError(f"{fname}: `kernel` must be a callable (z, G) ↦ K(z)[G].")
-    _check_event(fname, event)
-    ts = check_times(fname, t0, t1, ts)
-    options = flow_options(
-        fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
-        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
-        max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
-        target_loss=target_loss,
-    )  # fmt: skip
+    options, ts, t0, t1, scale = flow_options(fname, locals())
     check_scalar_loss(fname, loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
-    out = jax.eval_shape(kernel, z0, z0)
-    if getattr(out, "shape", None) != z0.shape:
-        raise ValueError(
-            f"{fname}: `kernel(z, G)` must return an array of z's shape {z0.shape}; "
-            f"got {getattr(out, 'shape', type(out).__name__)}."
-        )
-    _check_initial_descent(fname, z0, loss, kernel)
-    t0, t1 = as_float(t0), as_float(t1)
-    raw = _intrinsic_flow_core(z0, loss, kernel, event, as_float(time_scale), t0, t1, ts, options)
+    _check_kernel(fname, z0, loss, kernel)
+    raw = _intrinsic_flow_core(z0, loss, kernel, event, scale, t0, t1, ts, options)
     return finish(fname, raw, None, None, t0, t1, throw)

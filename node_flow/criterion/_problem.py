@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
+from .._checks import check_array_output
+
 
 class _ModuleLift(eqx.Module):
     """`params ↦ eqx.combine(params, static).lift()`: the lifting of an `eqx.Module` model."""
@@ -96,24 +98,7 @@ def _check_leaves(theta: PyTree, name: str) -> list:
 
 
 def _check_output(fn: Callable, theta: PyTree, name: str, what: str) -> int:
-    try:
-        out = jax.eval_shape(fn, theta)
-    except TypeError as err:
-        raise TypeError(
-            f"{name}: `{what}` must be a JAX function of θ returning one floating array; "
-            f"evaluating it failed with: {err}"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"{name}: `{what}` must return a single floating array, got "
-            f"{type(out).__name__} ({jax.tree.structure(out)}); combine the outputs into one "
-            "array, e.g. with jnp.concatenate or jax.flatten_util.ravel_pytree."
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(
-            f"{name}: `{what}` returned dtype {out.dtype}; it must return a real floating "
-            "array (an integer or boolean output has no derivative)."
-        )
+    out = check_array_output(name, what, fn, theta)
     size = int(np.prod(out.shape, dtype=int))
     if size == 0:
         raise ValueError(f"{name}: `{what}` returned an empty array (shape {out.shape}).")
