@@ -291,3 +291,30 @@ def test_too_large_problem_is_refused_with_memory_figure_before_forming_anything
         with pytest.raises(ValueError, match=r"D = 20000 .* d = 10000 .* 4\.8 GB .*small widths"):
             fn(phi, theta)
         assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("order", [1, 2, 4])
+def test_neural_ode_grid_is_the_product_of_taylor_steps(order):
+    """`neural_ode_grid` (built on the library's LinearNeuralODE, its residual network and
+    chain product) against a NumPy product of the degree-`order` Taylor polynomials of
+    θ_k/m, one per cell, multiplied left to right; rounding only (1e-13). Order 1 also
+    gives the residual laws m² C_k, C_k = U_{k+1}ᵀU_{k+1} − U_k U_kᵀ, U_k = I + θ_k/m."""
+    cells, n = 3, 2
+    lifting = liftings.neural_ode_grid(cells, n, order=order)
+    theta = np.random.default_rng(order).standard_normal((cells, n, n))
+    z, factors = np.eye(n), []
+    for A in theta:
+        P, term = np.eye(n), np.eye(n)
+        for i in range(1, order + 1):
+            term = term @ (A / cells) / i
+            P = P + term
+        z, factors = P @ z, factors + [P]
+    assert np.max(np.abs(np.asarray(lifting(jnp.asarray(theta))) - z)) <= 1e-13
+    if order == 1:
+        rows, cols = np.triu_indices(n)
+        laws = [(V.T @ V - U @ U.T)[rows, cols] for U, V in zip(factors[:-1], factors[1:])]
+        got = np.asarray(lifting.conserved(jnp.asarray(theta)))
+        assert np.max(np.abs(got - cells**2 * np.concatenate(laws))) <= 1e-12
+    else:
+        with pytest.raises(ValueError, match="no conservation law is known"):
+            lifting.conserved(jnp.asarray(theta))

@@ -1,10 +1,14 @@
 r"""The linear neural ODE on a grid of cells, $z = \Phi(1, 0)$ (THEORY §3)."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..._basis import PiecewiseConstant
+from ..._chain import chain_product
+from ..._neural_ode import LinearNeuralODE
+from ._linear import Residual
 
 
 class NeuralODEGrid(eqx.Module):
@@ -12,29 +16,45 @@ class NeuralODEGrid(eqx.Module):
     step of order $p$ of $\partial_s\Phi = A(s)\Phi$ per cell, for a weight function $A$
     constant on each of the `cells` cells of $[0, 1]$.
 
-    θ is the stacked array of cell values, shape `(cells, n, n)`. Order 1 (explicit Euler) is
-    the residual network $U_k = I + A_k/m$ of THEORY §3, with conservation laws
-    $m^2 C_k \to \Lambda(s)$; order 4 is the classical RK4 step, $P(B) = e^{B} + O(\|B\|^5)$,
-    a nonlinear reparametrization of each factor, for which no law is known in closed form.
+    θ is the stacked array of cell values, shape `(cells, n, n)`: the weight function of
+    the library's [`node_flow.LinearNeuralODE`][] with the
+    [`node_flow.neural_ode.PiecewiseConstant`][] basis (`model(θ)`). Order 1 (explicit
+    Euler) is its residual network $U_k = I + A_k/m$
+    ([`node_flow.LinearNeuralODE.to_residual`][], THEORY §3), with conservation laws
+    $m^2 C_k \to \Lambda(s)$ (`conserved`, those of the `residual` lifting); order 4 is the
+    classical RK4 step, $P(B) = e^{B} + O(\|B\|^5)$, a nonlinear reparametrization of each
+    factor, for which no law is known in closed form.
     """
 
     cells: int = eqx.field(static=True)
     n: int = eqx.field(static=True)
     order: int = eqx.field(static=True)
 
+    def model(self, theta: Float[Array, "cells n n"]) -> LinearNeuralODE:
+        """The linear neural ODE whose weight function is `theta[k]` on cell k (the last
+        node repeats the last cell's value; with this basis it does not enter)."""
+        return LinearNeuralODE(jnp.concatenate([theta, theta[-1:]]), PiecewiseConstant())
+
     def __call__(self, theta: Float[Array, "cells n n"]) -> Float[Array, "n n"]:
-        eye = jnp.eye(self.n, dtype=theta.dtype)
+        residual = self.model(theta).to_residual(self.cells)
+        if self.order == 1:
+            return residual.lift()
+        B = residual.A / self.cells  # the cell values A(s_{k-1/2}) = θ_k, times the step 1/m
+        term = P = jnp.broadcast_to(jnp.eye(self.n, dtype=B.dtype), B.shape)
+        for i in range(1, self.order + 1):  # Taylor terms: a fixed, small order
+            term = term @ B / i
+            P = P + term
+        return chain_product(P)
 
-        def step(z, A):
-            B = A / self.cells
-            P, term = eye, eye
-            for i in range(1, self.order + 1):  # Taylor terms: a fixed, small order
-                term = term @ B / i
-                P = P + term
-            return P @ z, None
-
-        z, _ = jax.lax.scan(step, eye, theta)
-        return z
+    def conserved(self, theta: Float[Array, "cells n n"]) -> Float[Array, " m"]:
+        """Order 1: the residual network's laws $m^2 C_k$ (upper triangles). Other orders
+        have no known closed-form law: a `ValueError` (let the criterion count them)."""
+        if self.order != 1:
+            raise ValueError(
+                f"NeuralODEGrid.conserved: no conservation law is known in closed form for "
+                f"order {self.order}; call the criterion without `conserved=` to count them."
+            )
+        return Residual(self.cells, self.n).conserved(theta)
 
     def sample(self, key: PRNGKeyArray) -> Float[Array, "cells n n"]:
         return jr.normal(key, (self.cells, self.n, self.n))

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from ...relu import conservation_laws as relu_conservation_laws, MLP
+
 
 class RankOne(eqx.Module):
     r"""$\varphi(u, v) = (u_j v_j^\top)_{j=1}^{r}$, $u_j \in \mathbb{R}^n$, $v_j \in \mathbb{R}^m$.
@@ -48,37 +50,27 @@ class ReLUPaths(eqx.Module):
     from a constant-1 neuron), to an output.
 
     θ is the tuple of weights $W_j \in \mathbb{R}^{n_j \times n_{j-1}}$, or with `bias=True`
-    the pair `(weights, biases)` with $b_j \in \mathbb{R}^{n_j}$. Conserved: for each hidden
-    neuron $v$, $h_v = \sum_{e \to v} \theta_e^2 - \sum_{v \to e} \theta_e^2$.
+    the pair `(weights, biases)` with $b_j \in \mathbb{R}^{n_j}$: the network
+    [`node_flow.relu.MLP`][] (`model(θ)`), whose `lift()` and
+    [`node_flow.relu.conservation_laws`][] give $z$ (paths in the order of
+    [`node_flow.relu.mlp_architecture`][]) and the laws: for each hidden neuron $v$,
+    $h_v = \sum_{e \to v} \theta_e^2 - \sum_{v \to e} \theta_e^2$.
     """
 
     widths: tuple[int, ...] = eqx.field(static=True)
     bias: bool = eqx.field(static=True)
 
-    def _split(self, theta: PyTree) -> tuple[tuple, tuple]:
+    def model(self, theta: PyTree[Float[Array, "..."]]) -> MLP:
+        """The ReLU network with these weights (and biases)."""
         if self.bias:
-            return tuple(theta[0]), tuple(theta[1])
-        return tuple(theta), (None,) * len(theta)
+            return MLP(tuple(theta[0]), tuple(theta[1]))
+        return MLP(tuple(theta))
 
     def __call__(self, theta: PyTree[Float[Array, "..."]]) -> Float[Array, " paths"]:
-        weights, biases = self._split(theta)
-        paths = None  # (n_j, number of paths ending at each neuron of layer j)
-        for W, b in zip(weights, biases):  # widths differ from layer to layer
-            if paths is None:
-                paths = W
-            else:
-                paths = (W[:, :, None] * paths[None, :, :]).reshape(W.shape[0], -1)
-            if b is not None:
-                paths = jnp.concatenate([paths, b[:, None]], axis=1)
-        return jnp.ravel(paths)
+        return self.model(theta).lift()
 
     def conserved(self, theta: PyTree[Float[Array, "..."]]) -> Float[Array, " hidden"]:
-        weights, biases = self._split(theta)
-        laws = []
-        for W, b, W_next in zip(weights[:-1], biases[:-1], weights[1:]):
-            into = jnp.sum(W**2, axis=1) + (0.0 if b is None else b**2)
-            laws.append(into - jnp.sum(W_next**2, axis=0))
-        return jnp.concatenate(laws)
+        return relu_conservation_laws(self.model(theta))
 
     def sample(self, key: PRNGKeyArray) -> PyTree[Float[Array, "..."]]:
         keys = jr.split(key, 2 * (len(self.widths) - 1))
