@@ -34,7 +34,8 @@ depth-limit: install
 criterion: install
 	$(PY) experiments/criterion_table.py
 
-# RELU_FLAGS=--large adds the 100-50-1 network of 1,000 samples and its GD comparison.
+# Three small networks to t1 = 3, then the 100-50-1 network on 1,000 samples and its
+# comparison with gradient descent; RELU_FLAGS=--no-large skips that one (quick runs).
 relu: install
 	$(PY) experiments/relu_intrinsic.py $(RELU_FLAGS)
 

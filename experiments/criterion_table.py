@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 from _study import check_out, distinct, integer, positive  # noqa: E402
 
+import node_flow as nf  # noqa: E402
 from node_flow._io import atomic_savefig, atomic_write, atomic_write_csv  # noqa: E402
 
 
@@ -286,7 +287,7 @@ def markdown(table, scaling, args) -> str:
     if len(scaling) >= 3:
         D = np.array([r["D"] for r in scaling[1:]], dtype=float)
         t = np.array([r["total_seconds"] for r in scaling[1:]], dtype=float)
-        slope = np.polyfit(np.log(D), np.log(t), 1)[0]
+        slope = nf.plot.loglog_fit(D, t).slope
         fit = (
             f"Fitted cost ∝ D^{slope:.2f} over the sizes after the first (compilation included).\n"
         )

@@ -19,6 +19,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 
@@ -365,146 +366,119 @@ def summarize(args, names, results, timings):
 
 
 def plot(args, names, results, summary):
+    """`error_vs_depth.png` (the depth panel alone) and the six panels of `depth_limit.png`,
+    drawn with `node_flow.plot`: the convergence panels refit the summary's points (the
+    same least-squares fit as `summary.json`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = np.asarray(summary["ts"])
     colors = dict(zip(names, ["C0", "C1", "C2", "C3"]))
 
-    def depth_panel(ax):
-        for p, d in summary["depth"].items():
-            f = d["fit"]
-            ax.loglog(
-                d["L"],
-                d["error"],
-                "o-",
-                color=colors[p],
-                label=f"{p}: slope {slope_text(f)}",
-            )
-        for key, c in summary["collapse"]["pairs"].items():
-            ax.loglog(
-                summary["collapse"]["L"],
-                c["distance"],
-                "x--",
-                color="gray",
-                alpha=0.7,
-                label=f"between {key}: slope {c['fit']['slope']:.2f}",
-            )
-        L = np.asarray(args.depths, float)
-        ref = summary["depth"][names[0]]["error"][-1] * L[-1] / L
-        ax.loglog(L, ref, "k:", lw=1, label="1/L")
-        integer_ticks(ax, args.depths)
-        ax.set_xlabel("depth L")
-        ax.set_ylabel(r"$\max_t \|z_L(t) - z_\infty(t)\|_F$")
-        ax.set_title("residual networks → neural-ODE intrinsic flow")
-        ax.legend(fontsize=7)
-
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    depth_panel(ax)
+    depth_panel(ax, args, names, summary, colors)
     atomic_savefig(fig, args.out / "error_vs_depth.png")
     plt.close(fig)
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
-    depth_panel(axes[0, 0])
-    ax = axes[0, 1]
+    depth_panel(axes[0, 0], args, names, summary, colors)
+    grid_panel(axes[0, 1], args, summary, colors)
+    curves_panels(axes[0, 2], axes[1, 2], args, names, results, summary)
+    ax = axes[1, 0]
+    ts, limit = np.asarray(summary["ts"]), results["limit"]["z"][0]
+    for style, L in (("--", args.depths[0]), ("-", args.depths[-1])):
+        r = results[f"depth_{L:05d}"]
+        for i, p in enumerate(names):
+            distance = np.linalg.norm(r["z_param"][i] - limit, axis=(-2, -1))
+            ax.plot(ts, distance, style, color=colors[p], label=f"{p}, L = {L}")
+    ax.set_yscale("log")
+    ax.set(xlabel="training time t", ylabel=r"$\|z_L(t) - z_\infty(t)\|_F$")
+    ax.set_title("the λ profiles collapse onto one limit")
+    ax.legend(fontsize=7)
+    agreement_panel(axes[1, 1], summary, colors)
+    fig.tight_layout()
+    atomic_savefig(fig, args.out / "depth_limit.png")
+    plt.close(fig)
+
+
+def depth_panel(ax, args, names, summary, colors):
+    """Error against the limit vs L per profile, and the distances between profiles, each
+    with its fitted slope over L ≥ --fit-from (`nf.plot.convergence`), and a 1/L guide."""
+    L = np.asarray(args.depths, float)
+    start = int(np.searchsorted(L, args.fit_from))
+    for p, d in summary["depth"].items():
+        nf.plot.convergence(d["L"], d["error"], ax=ax, label=p, fit_from=start, color=colors[p])
+    for key, c in summary["collapse"]["pairs"].items():
+        nf.plot.convergence(
+            summary["collapse"]["L"], c["distance"], ax=ax, label=f"between {key}",
+            fit_from=start, color="gray", marker="x", ls="--", alpha=0.7,
+        )  # fmt: skip
+    ref = summary["depth"][names[0]]["error"][-1] * L[-1] / L
+    ax.loglog(L, ref, "k:", lw=1, label="1/L")
+    integer_ticks(ax, args.depths)
+    ax.set_xlabel("depth L")
+    ax.set_ylabel(r"$\max_t \|z_L(t) - z_\infty(t)\|_F$")
+    ax.set_title("residual networks → neural-ODE intrinsic flow")
+    ax.legend(fontsize=7)
+
+
+def grid_panel(ax, args, summary, colors):
+    """Neural-ODE training on m cells against the limit, fitted over every m."""
     for p, g in summary["grid"].items():
-        label = p + (f": slope {slope_text(g['fit'])}" if "fit" in g else "")
-        ax.loglog(g["m"], g["error"], "o-", color=colors[p], label=label)
+        if "fit" in g:
+            nf.plot.convergence(g["m"], g["error"], ax=ax, label=p, color=colors[p])
+        else:  # one grid size: no slope
+            ax.loglog(g["m"], g["error"], "o-", color=colors[p], label=p)
     integer_ticks(ax, args.grid)
     ax.set_xlabel("grid cells m")
     ax.set_ylabel(r"$\max_t \|z_m(t) - z_\infty(t)\|_F$")
     ax.set_title("neural-ODE training on a grid (nested diffrax solves)")
     ax.legend(fontsize=7)
-    ax = axes[0, 2]
-    limit = results["limit"]["z"][0]
-    sv_limit = np.linalg.svd(limit, compute_uv=False)
+
+
+def curves_panels(ax_sv, ax_loss, args, names, results, summary):
+    """Singular values and loss along the flows of the last profile at a few depths, and
+    along the limit (`nf.plot.singular_values`, `nf.plot.loss`)."""
+    import matplotlib.pyplot as plt
+
+    ts = np.asarray(summary["ts"])
     shown = [L for L in args.depths if L in (args.depths[0], 16, 64, args.depths[-1])]
     for j, L in enumerate(shown):
-        z = results[f"depth_{L:05d}"]["z_param"][-1]
-        sv = np.linalg.svd(z, compute_uv=False)
-        ax.plot(
-            ts,
-            sv,
-            color=plt.cm.viridis(j / max(len(shown) - 1, 1)),
-            lw=1.2,
-            label=[f"L = {L}"] + [None] * (sv.shape[1] - 1),
-        )
-    ax.plot(ts, sv_limit, "k--", lw=1, label=["limit K∞"] + [None] * (sv_limit.shape[1] - 1))
-    ax.set_xlabel("training time t")
-    ax.set_ylabel("singular values of z(t)")
-    ax.set_title(f"profile '{names[-1]}'")
-    ax.legend(fontsize=7)
-    ax = axes[1, 0]
-    for style, L in (("--", args.depths[0]), ("-", args.depths[-1])):
         r = results[f"depth_{L:05d}"]
-        for i, p in enumerate(names):
-            ax.plot(
-                ts,
-                np.linalg.norm(r["z_param"][i] - limit, axis=(-2, -1)),
-                style,
-                color=colors[p],
-                label=f"{p}, L = {L}",
-            )
-    ax.set_yscale("log")
-    ax.set_xlabel("training time t")
-    ax.set_ylabel(r"$\|z_L(t) - z_\infty(t)\|_F$")
-    ax.set_title("the λ profiles collapse onto one limit")
-    ax.legend(fontsize=7)
-    ax = axes[1, 1]
+        flow = SimpleNamespace(ts=ts, zs=r["z_param"][-1], losses=r["losses"][-1])
+        style = dict(color=plt.cm.viridis(j / max(len(shown) - 1, 1)), label=f"L = {L}")
+        nf.plot.singular_values(flow, ax=ax_sv, lw=1.2, **style)
+        nf.plot.loss(flow, ax=ax_loss, **style)
+    limit = SimpleNamespace(
+        ts=ts, zs=results["limit"]["z"][0], losses=np.asarray(summary["limit_loss"])
+    )
+    nf.plot.singular_values(limit, ax=ax_sv, color="k", ls="--", lw=1, label="limit K∞")
+    nf.plot.loss(limit, ax=ax_loss, color="k", ls="--", label="limit")
+    ax_sv.set(xlabel="training time t", ylabel="singular values of z(t)")
+    ax_sv.set_title(f"profile '{names[-1]}'")
+    ax_loss.set(xlabel="training time t", ylabel="loss")
+    ax_loss.set_title("loss curves")
+    for ax in (ax_sv, ax_loss):
+        ax.legend(fontsize=7)
+
+
+def agreement_panel(ax, summary, colors):
+    """Conservation drift and parameter-vs-intrinsic agreement against L, the drift of the
+    Λ laws against m (round-off level quantities: no slope is fitted)."""
     for p, d in summary["depth"].items():
-        ax.loglog(
-            d["L"],
-            np.maximum(d["rel_drift"], 1e-17),
-            "o-",
-            color=colors[p],
-            label=f"{p}: C_k drift / |U|²",
-        )
-        ax.loglog(
-            d["L"],
-            np.maximum(d["param_vs_intrinsic"], 1e-17),
-            "s:",
-            color=colors[p],
-            alpha=0.6,
-            label=f"{p}: param vs intrinsic",
-        )
+        drift, agree = (np.maximum(d[k], 1e-17) for k in ("rel_drift", "param_vs_intrinsic"))
+        ax.loglog(d["L"], drift, "o-", color=colors[p], label=f"{p}: C_k drift / |U|²")
+        ax.loglog(d["L"], agree, "s:", color=colors[p], alpha=0.6, label=f"{p}: param vs intrinsic")
     for p, g in summary["grid"].items():
-        ax.loglog(
-            g["m"],
-            g["lambda_drift_interior"],
-            "^-",
-            color=colors[p],
-            alpha=0.8,
-            label=f"{p}: Λ drift (interior), vs m",
-        )
-        ax.loglog(
-            g["m"],
-            g["lambda_drift_ends"],
-            "v--",
-            color=colors[p],
-            alpha=0.8,
-            label=f"{p}: Λ drift (ends), vs m",
-        )
+        for key, style, where in (("interior", "^-", "interior"), ("ends", "v--", "ends")):
+            ax.loglog(
+                g["m"], g[f"lambda_drift_{key}"], style, color=colors[p], alpha=0.8,
+                label=f"{p}: Λ drift ({where}), vs m",
+            )  # fmt: skip
     ax.set_xlabel("L (drift, agreement) or m (Λ drift)")
     ax.set_title("conservation and agreement")
     ax.legend(fontsize=6)
-    ax = axes[1, 2]
-    for j, L in enumerate(shown):
-        ax.plot(
-            ts,
-            results[f"depth_{L:05d}"]["losses"][-1],
-            color=plt.cm.viridis(j / max(len(shown) - 1, 1)),
-            label=f"L = {L}",
-        )
-    ax.plot(ts, summary["limit_loss"], "k--", label="limit")
-    ax.set_xlabel("training time t")
-    ax.set_ylabel("loss")
-    ax.set_title("loss curves")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, args.out / "depth_limit.png")
-    plt.close(fig)
 
 
 def integer_ticks(ax, values):

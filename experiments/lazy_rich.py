@@ -261,8 +261,10 @@ def plot(args, summary):
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     start = int(np.searchsorted(lam, FIT_FROM_LAMBDA))
     start = start if start <= len(lam) - 2 else 0
-    for key, label in (("distance", "sup‖z − z_lin‖"), ("kernel_movement", "kernel movement")):
-        nf.plot.convergence(lam, [r[key] for r in rows], ax=ax, label=label, fit_from=start)
+    # The fits of summary.json: the distance over |λ| ≥ FIT_FROM_LAMBDA, the movement over all.
+    fitted = (("distance", "sup‖z − z_lin‖", start), ("kernel_movement", "kernel movement", None))
+    for key, label, fit_from in fitted:
+        nf.plot.convergence(lam, [r[key] for r in rows], ax=ax, label=label, fit_from=fit_from)
     pairwise = summary["headline"]["pairwise_distance_slopes"]
     ax.text(
         0.03,

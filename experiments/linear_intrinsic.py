@@ -104,7 +104,7 @@ def main(argv=None):
     ts = jnp.linspace(0.0, args.T, args.saves)
     tol = dict(rtol=args.rtol, atol=args.atol)
     bar = Progress(len(starts), "linear")
-    runs = {}
+    runs, flows = {}, {}
     for name, (net, lambdas) in starts.items():
         t0 = time.time()
         param = nf.gradient_flow(net, loss, args.T, ts=ts, **tol)
@@ -126,6 +126,7 @@ def main(argv=None):
             "steps_intrinsic": int(intr.stats["num_steps"]),
             "seconds": time.time() - t0,
         }
+        flows[name] = (param, intr)
         bar.step(name)
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -135,7 +136,7 @@ def main(argv=None):
         "seconds_total": time.time() - start,
     }
     atomic_write_json(args.out / "summary.json", summary)
-    plot(args, summary)
+    plot(args, summary, flows)
     for name, r in runs.items():
         log.info(
             "%-17s max|z_param − z_intrinsic| = %.2e   conservation drift = %.1e   "
@@ -148,39 +149,29 @@ def main(argv=None):
     log.info("results in %s (%.1f s)", args.out, summary["seconds_total"])
 
 
-def plot(args, summary):
+def plot(args, summary, flows):
+    """Per start: the singular values of both flows (`nf.plot.singular_values`); then the
+    losses (`nf.plot.loss`) and the drift of the conservation laws along the parameter flows
+    (`nf.plot.conservation`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = np.asarray(summary["ts"])
     runs = summary["runs"]
-    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(5 * (len(runs) + 1), 4))
-    for ax, (name, r) in zip(axes, runs.items()):
-        sp, si = np.asarray(r["sv_param"]), np.asarray(r["sv_intrinsic"])
-        for k in range(sp.shape[1]):
-            ax.plot(
-                ts, sp[:, k], "C0-", lw=2, alpha=0.6, label="parameter flow" if k == 0 else None
-            )
-            ax.plot(ts, si[:, k], "C3--", lw=1.2, label="intrinsic flow" if k == 0 else None)
-        ax.set_title(f"{name}: max|Δz| = {r['max_z_difference']:.1e}")
+    fig, axes = plt.subplots(1, len(runs) + 2, figsize=(5 * (len(runs) + 2), 4))
+    for ax, (name, (param, intr)) in zip(axes, flows.items()):
+        nf.plot.singular_values(param, ax=ax, color="C0", lw=2, alpha=0.6, label="parameter flow")
+        nf.plot.singular_values(intr, ax=ax, color="C3", ls="--", lw=1.2, label="intrinsic flow")
+        ax.set_title(f"{name}: max|Δz| = {runs[name]['max_z_difference']:.1e}")
+    for j, (name, (param, _)) in enumerate(flows.items()):
+        nf.plot.loss(param, ax=axes[-2], color=f"C{j}", label=name)
+        nf.plot.conservation(param, ax=axes[-1], color=f"C{j}", label=name)
+    axes[-2].set_title(f"depth {args.depth}, width {args.width}")
+    axes[-1].set_title("conservation laws along the parameter flows")
+    axes[-1].legend(fontsize=6)
+    for ax in axes:
         ax.set_xlabel("training time t")
-        ax.set_ylabel("singular values of z(t)")
-        ax.legend(fontsize=8)
-    ax = axes[-1]
-    for j, (name, r) in enumerate(runs.items()):
-        ax.plot(
-            ts,
-            r["loss_param"],
-            f"C{j}-",
-            label=f"{name} (drift of C_j {r['conservation_drift_rel']:.0e})",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("training time t")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
-    ax.set_title(f"depth {args.depth}, width {args.width}")
     fig.tight_layout()
     atomic_savefig(fig, args.out / "linear_intrinsic.png")
     plt.close(fig)

@@ -4,12 +4,15 @@ every interval (THEORY §4).
 
 Two- and three-layer MLPs and a DAG with skip connections, generic unbalanced
 initializations, trained by gradient flow to `--t1` on a small regression set with
-`node_flow.relu.train`. With `--large`, also a two-layer ReLU network with 50 hidden neurons,
-100 inputs and 1,000 samples of a 3-neuron teacher, trained by gradient flow to `--large-t1`
-and compared with gradient descent at decreasing step sizes (a jitted `lax.scan`, autodiff
-ReLU'(0) = 0). Writes `relu_intrinsic.json` and `relu_intrinsic.png` to `--out`.
+`node_flow.relu.train`; then (unless `--no-large`) a two-layer ReLU network with 50 hidden
+neurons, 100 inputs and 1,000 samples of a 3-neuron teacher, trained by gradient flow to
+`--large-t1` and compared with [`node_flow.gradient_descent`] at decreasing step sizes
+(autodiff ReLU'(0) = 0; its iterates approach the flow at first order). Writes
+`relu_intrinsic.json` (per network: stop reason, pattern changes, sliding intervals, the
+comparison errors, every interval) and `relu_intrinsic.png` (loss, kink events and sliding
+intervals) to `--out`.
 
-    python experiments/relu_intrinsic.py --out results/relu --seed 0 --t1 3 [--large]
+    python experiments/relu_intrinsic.py --out results/relu --seed 0 --t1 3 [--no-large]
 """
 
 import argparse
@@ -18,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+from types import SimpleNamespace
 
 import jax
 
@@ -34,6 +38,7 @@ import numpy as np  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import node_flow as nf  # noqa: E402
 import node_flow.relu as relu  # noqa: E402
 from node_flow._io import atomic_savefig, atomic_write_json  # noqa: E402
 
@@ -165,17 +170,36 @@ def run_small(args, X, Y, nets):
     return report, curves
 
 
-def gradient_descent(net, X, Y, lr, t1):
-    """Plain gradient descent with jax.nn.relu (ReLU'(0) = 0) for round(t1/lr) steps."""
+class OnSamples(eqx.Module):
+    """A ReLU network seen through its outputs on the samples, for
+    `node_flow.gradient_descent`: `lift()` is $f_\\theta(X)$, so the square loss of the
+    outputs is the training loss; the samples sit behind `stop_gradient` (zero gradient:
+    descent leaves them unchanged)."""
+
+    net: relu.MLP
+    X: jax.Array
+
+    def lift(self):
+        return jax.vmap(self.net)(jax.lax.stop_gradient(self.X))
+
+
+class OutputLoss(eqx.Module):
+    r"""$\ell(\hat y) = \frac{1}{2N}\sum_i \|\hat y_i - y_i\|^2$ (the loss of `relu.train`)."""
+
+    Y: jax.Array
+
+    def __call__(self, outputs):
+        return jnp.sum((outputs - self.Y) ** 2) / (2 * self.Y.shape[0])
+
+
+def descent_end(net, X, Y, lr, t1):
+    """`nf.gradient_descent` with jax.nn.relu's ReLU'(0) = 0 for round(t1/lr) steps, saving
+    only the start and the end; returns the final edge weights."""
     steps = int(round(t1 / lr))
-
-    @jax.jit
-    def run(theta):
-        loss = lambda th: relu.network_loss(net.with_edge_weights(th), X, Y)
-        step = lambda th, _: (th - lr * jax.grad(loss)(th), None)
-        return jax.lax.scan(step, theta, None, length=steps)[0]
-
-    return run(net.edge_weights())
+    loss = OutputLoss(Y)
+    sol = nf.gradient_descent(OnSamples(net, X), loss, lr, steps, save_every=steps)
+    final = jax.tree.map(lambda x: x[-1], sol.models)
+    return final.net.edge_weights(), float(sol.losses[-1])
 
 
 def run_large(args):
@@ -189,7 +213,6 @@ def run_large(args):
     # together) is recorded too.
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     entry = interval_summary(sol)
-    del entry["intervals"]
     entry.update(LARGE, t1=args.large_t1, tol=args.large_tol)
     entry.update(seconds=seconds, cpu_seconds=cpu_seconds, load_average=os.getloadavg())
     entry["loss_initial"] = float(sol.losses[0, 0])
@@ -198,51 +221,67 @@ def run_large(args):
     ends = np.asarray(sol.boundaries[1:])
     late = ends >= 0.8 * ends[-1]
     entry["loss_change_last_20_percent"] = float(losses[late][0] - losses[-1])
-    logger.info("large: %s", {k: v for k, v in entry.items() if k != "pattern_change_times"})
-    theta = sol.models.weights
-    theta_gf = jnp.concatenate([w[-1, -1].ravel() for w in theta])
-    out_gf = jax.vmap(net.with_edge_weights(theta_gf))(X)
-    gd = []
+    brief = {k: v for k, v in entry.items() if k not in ("pattern_change_times", "intervals")}
+    logger.info("large: %s", brief)
     if entry["stop_reason"] == "t1":
-        for lr in GD_STEPS:
-            t0 = time.perf_counter()
-            theta_gd = gradient_descent(net, X, Y, lr, args.large_t1)
-            out_gd = jax.vmap(net.with_edge_weights(theta_gd))(X)
-            gd.append(
-                dict(
-                    lr=lr,
-                    steps=int(round(args.large_t1 / lr)),
-                    rel_theta_distance=float(
-                        jnp.linalg.norm(theta_gd - theta_gf) / jnp.linalg.norm(theta_gf)
-                    ),
-                    rel_output_distance=float(
-                        jnp.linalg.norm(out_gd - out_gf) / jnp.linalg.norm(out_gf)
-                    ),
-                    seconds=time.perf_counter() - t0,
-                )
-            )
-            logger.info("large: GD %s", gd[-1])
-    entry["gradient_descent"] = gd
+        entry["gradient_descent"] = compare_descent(net, X, Y, sol, args.large_t1)
     return entry, sol
 
 
-def plot(curves, large_sol, path):
-    cols = len(curves) + (large_sol is not None)
-    fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 3.6))
-    items = list(curves.items()) + ([("large", large_sol)] if large_sol is not None else [])
-    for ax, (name, sol) in zip(np.atleast_1d(axes), items):
-        ax.plot(np.asarray(sol.ts).ravel(), np.asarray(sol.losses).ravel(), color="k", lw=1)
+def compare_descent(net, X, Y, sol, t1):
+    """The flow's end point against gradient descent at each of `GD_STEPS`: relative
+    distances of the weights and of the outputs, and their fitted order in the step."""
+    theta_gf = jnp.concatenate([w[-1, -1].ravel() for w in sol.models.weights])
+    out_gf = jax.vmap(net.with_edge_weights(theta_gf))(X)
+    rows = []
+    for lr in GD_STEPS:
+        t0 = time.perf_counter()
+        theta_gd, loss_gd = descent_end(net, X, Y, lr, t1)
+        out_gd = jax.vmap(net.with_edge_weights(theta_gd))(X)
+        rows.append(
+            dict(
+                lr=lr,
+                steps=int(round(t1 / lr)),
+                loss_final=loss_gd,
+                rel_theta_distance=float(
+                    jnp.linalg.norm(theta_gd - theta_gf) / jnp.linalg.norm(theta_gf)
+                ),
+                rel_output_distance=float(
+                    jnp.linalg.norm(out_gd - out_gf) / jnp.linalg.norm(out_gf)
+                ),
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        logger.info("large: GD %s", rows[-1])
+    lrs = [r["lr"] for r in rows]
+    orders = {
+        key: nf.plot.loglog_fit(lrs, [r[key] for r in rows])._asdict()
+        for key in ("rel_theta_distance", "rel_output_distance")
+    }
+    return {"steps": rows, "order": orders}
+
+
+def plot(curves, path):
+    """One panel per network: the loss (`nf.plot.loss`), every kink event (red: a line each
+    up to 200 intervals, ticks along the top beyond) and the sliding intervals (orange)."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6))
+    for ax, (name, sol) in zip(np.atleast_1d(axes), curves.items()):
+        flow = SimpleNamespace(ts=np.ravel(sol.ts), losses=np.ravel(sol.losses))
+        nf.plot.loss(flow, ax=ax, color="k", lw=1)
         for iv in sol.intervals:
             if iv.sliding:
                 ax.axvspan(iv.start, iv.end, color="tab:orange", alpha=0.3, lw=0)
+        switches = np.asarray(sol.switch_times)
         if len(sol.intervals) <= 200:
-            for t in np.asarray(sol.switch_times):
+            for t in switches:
                 ax.axvline(float(t), color="tab:red", lw=0.6, ls="--")
+        else:
+            ax.plot(switches, np.ones_like(switches), "|", color="tab:red", ms=8,
+                    transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
         ax.set(
-            title=f"{name}: {sol.stop_reason}, {sol.num_pattern_changes} changes",
+            title=f"{name}: {sol.stop_reason}, {sol.num_pattern_changes} changes, "
+            f"{sol.num_sliding_intervals} sliding",
             xlabel="training time t",
-            ylabel="loss",
-            yscale="log",
         )
     fig.suptitle("ReLU gradient flow: kink events (red), sliding intervals (orange)")
     fig.tight_layout()
@@ -258,7 +297,13 @@ def parse_args(argv=None):
     parser.add_argument("--samples", type=int, default=12, help="number of training samples")
     parser.add_argument("--saves", type=int, default=11, help="save times per interval")
     parser.add_argument("--tol", type=float, default=1e-11, help="rtol = atol of the flows")
-    parser.add_argument("--large", action="store_true", help="add the 100-50-1 network")
+    parser.add_argument(
+        "--large",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the 100-50-1 network on 1,000 samples and its GD comparison (default: on; "
+        "--no-large skips it, for quick runs)",
+    )
     parser.add_argument("--large-t1", type=float, default=2.0, help="its training time")
     parser.add_argument("--large-tol", type=float, default=1e-8, help="its rtol = atol")
     parser.add_argument("--large-max-intervals", type=int, default=20_000)
@@ -298,10 +343,9 @@ def main(argv=None):
     report = {"seed": args.seed, "t1": args.t1, "samples": args.samples, "tol": args.tol}
     small, curves = run_small(args, X, Y, nets)
     report.update(small)
-    large_sol = None
     if args.large:
-        report["large"], large_sol = run_large(args)
-    plot(curves, large_sol, os.path.join(args.out, "relu_intrinsic.png"))
+        report["large"], curves["large"] = run_large(args)
+    plot(curves, os.path.join(args.out, "relu_intrinsic.png"))
     atomic_write_json(os.path.join(args.out, "relu_intrinsic.json"), report)
     logger.info("wrote %s", args.out)
 

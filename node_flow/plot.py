@@ -88,7 +88,7 @@ def _slope_text(fit: ConvergenceFit) -> str:
     return f"slope {fit.slope:.3f} ± {stderr}"
 
 
-def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
+def convergence(hs, errors, *, ax=None, label=None, fit_from=None, **line_kwargs):
     r"""A log–log error plot with the fitted order of convergence.
 
     Draws `errors` against `hs` (markers and a solid line) and the fitted line
@@ -103,6 +103,8 @@ def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
     - `label`: the legend label of the curve.
     - `fit_from`: the index of the first point in the fit (`hs[fit_from:]`), to leave out
       a pre-asymptotic regime; `None` fits all points. At least two points must remain.
+    - `line_kwargs`: passed to `Axes.loglog` for the data (default markers `"o"`, solid
+      line; e.g. `color`, `marker`, `ls`); the fitted line takes the data's colour.
 
     **Returns:** `(ax, fit)`: the `Axes` and the [`node_flow.plot.ConvergenceFit`][].
     """
@@ -125,7 +127,8 @@ def convergence(hs, errors, *, ax=None, label=None, fit_from=None):
     fit = loglog_fit(hs[start:], errors[start:])
     ax = _axes(ax)
     text = _slope_text(fit)
-    (line,) = ax.loglog(hs, errors, "o-", label=f"{label}: {text}" if label else text)
+    style = {"marker": "o", "ls": "-"} | line_kwargs
+    (line,) = ax.loglog(hs, errors, label=f"{label}: {text}" if label else text, **style)
     h = np.geomspace(hs[start:].min(), hs[start:].max(), 2)
     ax.loglog(h, np.exp(fit.intercept) * h**fit.slope, "--", color=line.get_color(), lw=1)
     _label_points(ax, hs)
@@ -153,12 +156,17 @@ def _finite_times(fname: str, sol) -> np.ndarray:
     return keep
 
 
-def singular_values(sol, *, ax=None):
+def singular_values(sol, *, ax=None, label=None, **line_kwargs):
     r"""The singular values $\sigma_1(z(t)) \ge \sigma_2(z(t)) \ge \dots$ along a flow,
     one line each, against $t$.
 
-    **Arguments:** `sol`, a solution whose `zs` are matrices (shape `(times, n_out, n_in)`);
-    `ax`, an `Axes` or `None`.
+    **Arguments:**
+
+    - `sol`: a solution whose `zs` are matrices (shape `(times, n_out, n_in)`).
+    - `ax`: an `Axes`, or `None` for a new figure.
+    - `label`: one legend entry for all the lines of this flow (several flows on one
+      `Axes`); `None` labels each line $\sigma_k$.
+    - `line_kwargs`: passed to `Axes.plot` for every line (e.g. `color`, `ls`, `lw`).
 
     **Returns:** the `Axes`.
     """
@@ -173,26 +181,32 @@ def singular_values(sol, *, ax=None):
     ax = _axes(ax)
     ts = np.asarray(sol.ts, dtype=float)[keep]
     for k in range(sigma.shape[1]):
-        ax.plot(ts, sigma[:, k], label=f"$\\sigma_{{{k + 1}}}$")
-    ax.set_xlabel("t")
-    ax.set_ylabel("singular values of z")
-    if sigma.shape[1] <= 10:
+        name = f"$\\sigma_{{{k + 1}}}$" if label is None else (label if k == 0 else None)
+        ax.plot(ts, sigma[:, k], label=name, **line_kwargs)
+    ax.set_xlabel(ax.get_xlabel() or "t")
+    ax.set_ylabel(ax.get_ylabel() or "singular values of z")
+    if label is not None or sigma.shape[1] <= 10:
         ax.legend(fontsize="small")
     return ax
 
 
-def loss(sol, *, ax=None):
+def loss(sol, *, ax=None, label=None, **line_kwargs):
     r"""The loss $\ell(z(t))$ along a flow, on a logarithmic scale.
 
-    **Arguments:** `sol`, a solution with `ts` and `losses`; `ax`, an `Axes` or `None`.
+    **Arguments:** `sol`, a solution with `ts` and `losses`; `ax`, an `Axes` or `None`;
+    `label`, the legend entry of the line (a legend is drawn when given); `line_kwargs`,
+    passed to `Axes.semilogy` (e.g. `color`, `ls`).
 
     **Returns:** the `Axes`.
     """
     keep = _finite_times("loss", sol)
     ax = _axes(ax)
-    ax.semilogy(np.asarray(sol.ts, dtype=float)[keep], np.asarray(sol.losses)[keep])
-    ax.set_xlabel("t")
-    ax.set_ylabel("loss")
+    ts = np.asarray(sol.ts, dtype=float)[keep]
+    ax.semilogy(ts, np.asarray(sol.losses)[keep], label=label, **line_kwargs)
+    ax.set_xlabel(ax.get_xlabel() or "t")
+    ax.set_ylabel(ax.get_ylabel() or "loss")
+    if label is not None:
+        ax.legend(fontsize="small")
     return ax
 
 
@@ -203,7 +217,7 @@ def _conservation_drift(models: Any) -> np.ndarray:
     return np.stack([np.linalg.norm(C - C[:1], axis=(-2, -1)) for C in laws], axis=1)
 
 
-def conservation(sol, *, ax=None):
+def conservation(sol, *, ax=None, label=None, **line_kwargs):
     r"""The drift $\|C_j(t) - C_j(t_0)\|_F$ of each conservation law along a flow (one line
     per $j$, logarithmic scale; $t_0$ itself, where the drift is 0, is left out).
 
@@ -234,9 +248,10 @@ def conservation(sol, *, ax=None):
     ts = np.asarray(sol.ts, dtype=float)[keep]
     ax = _axes(ax)
     for j in range(drift.shape[1]):
-        ax.semilogy(ts[1:], drift[1:, j], label=f"$C_{{{j + 1}}}$")
-    ax.set_xlabel("t")
-    ax.set_ylabel(r"$\|C_j(t) - C_j(t_0)\|_F$")
+        name = f"$C_{{{j + 1}}}$" if label is None else f"{label}: $C_{{{j + 1}}}$"
+        ax.semilogy(ts[1:], drift[1:, j], label=name, **line_kwargs)
+    ax.set_xlabel(ax.get_xlabel() or "t")
+    ax.set_ylabel(ax.get_ylabel() or r"$\|C_j(t) - C_j(t_0)\|_F$")
     if drift.shape[1] <= 10:
         ax.legend(fontsize="small")
     return ax

@@ -178,3 +178,32 @@ def test_conservation_of_one_descent_step_is_the_exact_identity():
     (line,) = nf.plot.conservation(sol, ax=new_axes()).get_lines()
     np.testing.assert_allclose(line.get_xdata(), [lr], rtol=1e-15)
     np.testing.assert_allclose(line.get_ydata(), [expected], rtol=1e-12)
+
+
+def test_plots_take_a_label_and_line_styles_for_several_flows_on_one_axes():
+    """Two flows on one `Axes`: one legend entry per flow, the styles on every line, and
+    the data unchanged (the closed forms of `synthetic_solution`)."""
+    sol, laws = synthetic_solution()
+    t = sol.ts[:4]
+    ax = new_axes()
+    nf.plot.singular_values(sol, ax=ax, label="a", color="C3", ls="--")
+    nf.plot.singular_values(sol, ax=ax, label="b", color="C0")
+    lines = ax.get_lines()
+    assert [line.get_color() for line in lines] == ["C3"] * 3 + ["C0"] * 3
+    assert {line.get_linestyle() for line in lines[:3]} == {"--"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    np.testing.assert_allclose(lines[3].get_ydata(), 3 + t, atol=1e-13)
+    ax = nf.plot.loss(sol, ax=new_axes(), label="run", color="C2")
+    (line,) = ax.get_lines()
+    assert line.get_color() == "C2" and line.get_label() == "run"
+    np.testing.assert_array_equal(line.get_ydata(), np.exp(-t))
+    ax = nf.plot.conservation(sol, ax=new_axes(), label="GD", color="C1")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["GD: $C_{1}$", "GD: $C_{2}$"]
+    assert {line.get_color() for line in ax.get_lines()} == {"C1"}
+    ax, fit = nf.plot.convergence(
+        [0.1, 0.05, 0.025], [1e-2, 5e-3, 2.5e-3], ax=new_axes(), color="C4", marker="x"
+    )
+    data, fitted = ax.get_lines()
+    assert data.get_marker() == "x" and data.get_color() == fitted.get_color() == "C4"
+    assert abs(fit.slope - 1) < 1e-12  # e = h/10 exactly

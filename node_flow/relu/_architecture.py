@@ -1,6 +1,7 @@
 """The static architecture of a ReLU network on a DAG: neurons, edges and paths."""
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import SupportsIndex
@@ -304,6 +305,13 @@ def mlp_architecture(widths: Sequence[SupportsIndex], bias: bool) -> Architectur
     widths = tuple(int(n) for n in widths)
     if len(widths) < 2 or any(n < 1 for n in widths):
         raise ValueError(f"mlp_architecture: need at least two positive widths; got {widths}.")
+    return _mlp_architecture(widths, bool(bias))
+
+
+# One Architecture per (widths, bias): it is immutable, and rebuilding it (a Python pass over
+# every edge and path) on each `MLP.with_edge_weights` costs ~1 s at 100-50-1 per trace.
+@functools.lru_cache(maxsize=64)
+def _mlp_architecture(widths: tuple[int, ...], bias: bool) -> Architecture:
     offsets = np.concatenate([[0], np.cumsum(widths)])
     total = int(offsets[-1])
     edges = []
