@@ -46,6 +46,7 @@ TOOLS = (
     "torchdiffeq",
 )
 PEERS = ("jax-diffrax", "scipy-DOP853", "scipy-RK45", "torchdiffeq")
+EXTRAS = ("intrinsic", "neural_ode", "criterion", "scale")
 INTRINSIC_SIZES = ((1024, 8), (1024, 64))
 CHECK_PARAM_MAX_WORK = 1024 * 8**3 * 2  # parameter-flow cross-check of the reference if L n³ ≤ this
 SECONDARY_MAX_WORK = 128 * 64**3  # node_flow-dopri8 (a second solver) only up to this L n³
@@ -62,14 +63,22 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--sizes", type=str, default=None, help='e.g. "16x8,128x8" (L x n)')
     p.add_argument("--tools", type=str, default=",".join(TOOLS))
+    p.add_argument("--no-extras", action="store_true", help="skip every extra (--extras)")
     p.add_argument(
-        "--no-extras", action="store_true", help="skip intrinsic/neural-ODE/criterion/scale"
+        "--extras",
+        type=str,
+        default=",".join(EXTRAS),
+        help="extra cases to run, among " + ",".join(EXTRAS),
     )
     p.add_argument("--scale-n", type=int, default=1000, help="matrix size of the scale case")
     p.add_argument(
         "--scale-observed", type=int, default=100_000, help="observed entries of the scale case"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(args.extras.split(",")) - set(EXTRAS) - {""}
+    if unknown:
+        p.error(f"argument --extras: unknown {sorted(unknown)}; choose among {', '.join(EXTRAS)}")
+    return args
 
 
 def run_job(job: dict, workdir: Path, timeout: float) -> dict:
@@ -78,7 +87,8 @@ def run_job(job: dict, workdir: Path, timeout: float) -> dict:
     with os.fdopen(fd, "w") as f:
         json.dump(job, f)
     result_path = Path(job_path).with_suffix(".out.json")
-    env = dict(os.environ, PYTHONPATH=str(HERE))
+    path = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     t = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -159,13 +169,17 @@ def measure(args, workdir):
                 continue
             case(tool, L, n)
     extras = {}
-    if not args.no_extras:
+    chosen = () if args.no_extras else tuple(args.extras.split(","))
+    if "intrinsic" in chosen:
         for L, n in INTRINSIC_SIZES:
             if (L, n) not in sizes or "node_flow" not in tools:
                 case("node_flow", L, n)
             case("node_flow-intrinsic", L, n)
+    if "neural_ode" in chosen:
         extras["neural_ode"] = run_job(dict(kind="neural_ode", ms=[4, 8, 16, 32, 64]), workdir, 600)
+    if "criterion" in chosen:
         extras["criterion"] = run_job(dict(kind="criterion", widths=[4, 8, 12, 16]), workdir, 600)
+    if "scale" in chosen:
         scale = dict(n=args.scale_n, observed=args.scale_observed, seed=args.seed)
         extras["scale"] = run_job(dict(kind="scale", args=scale), workdir, 1200)
         logger.info("scale: %s", extras["scale"])
