@@ -6,6 +6,7 @@ benchmarks and tests do); importing `node_flow` changes no JAX setting.
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -15,7 +16,7 @@ ENV_VAR = "NODE_FLOW_CACHE_DIR"
 _OFF = ("off", "0", "false", "no", "none")
 
 
-def cache_dir(path: str | os.PathLike | None = None) -> Path | None:
+def cache_dir(path: Any = None) -> Path | None:
     """The folder [`node_flow.enable_compilation_cache`][] would use, or `None` when off
     (see there for the order: `$NODE_FLOW_CACHE_DIR`, then `path`, then the user cache)."""
     env = os.environ.get(ENV_VAR, "").strip()
@@ -32,9 +33,7 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path | None:
     return Path(base) / "node_flow" / "jax"
 
 
-def enable_compilation_cache(
-    path: str | os.PathLike | None = None, *, min_compile_seconds: float = 0.0
-) -> Path | None:
+def enable_compilation_cache(path: Any = None, *, min_compile_seconds: Any = 0.0) -> Path | None:
     r"""Keep JAX's compiled programs on disk, so that later processes skip compilation.
 
     A flow's first call in a process costs 1–3 s of tracing and XLA compilation per new
@@ -56,8 +55,8 @@ def enable_compilation_cache(
 
     **Arguments:**
 
-    - `path`: the cache folder (created if missing), used when `NODE_FLOW_CACHE_DIR` is
-      not set.
+    - `path`: the cache folder, `str` or `os.PathLike` (created if missing), used when
+      `NODE_FLOW_CACHE_DIR` is not set.
     - `min_compile_seconds`: programs compiling faster than this are not written (JAX's
       default is 1 s; flows of small networks compile in less on a fast machine, so the
       default here, 0, caches everything).
