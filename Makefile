@@ -43,8 +43,11 @@ descent: install
 	$(PY) experiments/descent_vs_flow.py
 
 # The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
+# benchmarks/completion_bench.py, when present, writes results/bench/completion.json, whose
+# records bench.py merges into results/bench/summary.json.
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
+	if [ -f benchmarks/completion_bench.py ]; then $(PY) benchmarks/completion_bench.py; fi
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/sweep_bench.py --out results/bench
 
@@ -60,6 +63,7 @@ lint: install
 	$(VENV)/bin/ruff check node_flow experiments tests benchmarks docs/examples
 	$(VENV)/bin/ruff format --check node_flow experiments tests benchmarks docs/examples
 
+# .cache holds the persistent compilation cache (.cache/jax) of the studies, benchmarks and tests.
 clean:
 	rm -rf $(VENV) results site .cache .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -157,3 +157,80 @@ def criterion_costs(widths_n, seed=0):
             }
         )
     return rows
+
+
+def _median_seconds(fn, *args, reps=3):
+    """Median wall time of `reps` calls of an already compiled `fn` (results awaited)."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _compiled_bytes(fn, *args):
+    """XLA's own accounting of a compiled function: argument, output and temporary bytes."""
+    mem = fn.lower(*args).compile().memory_analysis()
+    if mem is None:
+        return {}
+    return {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+    }
+
+
+def scale_costs(n=1000, observed=100_000, depth=3, rank=5, scale=1e-3, seed=0, reps=3):
+    r"""One vector-field evaluation of the two flows of a balanced depth-`depth` network on an
+    $n \times n$ completion problem with `observed` entries: the intrinsic flow
+    $\dot z = -K_L(z)[\nabla\ell(z)]$ (`nf.kernels.balanced`: an SVD of $z$, then four
+    $n \times n$ products) and the parameter flow (the gradient through $U_L \cdots U_1$).
+    Seconds per evaluation (median of `reps`, compiled), the SVD and one product timed alone
+    in the same process, and XLA's memory accounting of each compiled function."""
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, n)) / np.sqrt(rank)
+    flat = rng.choice(n * n, size=observed, replace=False)
+    rows, cols = np.divmod(flat, n)
+    loss = nf.MatrixCompletion(rows, cols, truth[rows, cols], (n, n))
+    net = nf.init.balanced(jax.random.key(seed), (n,) * (depth + 1), scale)
+    z0 = net.lift()
+    params = net.weights
+
+    intrinsic = jax.jit(lambda z: -nf.kernels.balanced(z, jax.grad(loss)(z), depth))
+    parameter = jax.jit(jax.grad(lambda Us: loss(nf.LinearNetwork(Us).reverse_mode().lift())))
+    svd = jax.jit(lambda z: jnp.linalg.svd(z))
+    matmul = jax.jit(lambda a, b: a @ b)
+    gradient = jax.jit(jax.grad(loss))
+    b = jnp.asarray(rng.standard_normal((n, n)))
+    cases = {
+        "intrinsic": (intrinsic, (z0,)),
+        "parameter": (parameter, (params,)),
+        "svd": (svd, (z0,)),
+        "gemm": (matmul, (z0, b)),
+        "loss_gradient": (gradient, (z0,)),
+    }
+    out = {"n": n, "observed": observed, "depth": depth, "rank": rank, "scale": scale}
+    for name, (fn, args) in cases.items():
+        jax.block_until_ready(fn(*args))  # compile
+        out[name] = {"seconds": _median_seconds(fn, *args, reps=reps), **_compiled_bytes(fn, *args)}
+    gemm_s = out["gemm"]["seconds"]
+    out["gemm"]["gflops"] = 2 * n**3 / gemm_s / 1e9
+    for name in ("intrinsic", "parameter", "svd", "loss_gradient"):
+        out[name]["gemms"] = out[name]["seconds"] / gemm_s
+    # Where the intrinsic evaluation goes: the SVD, and the rest (4 products + gradient + W).
+    out["intrinsic"]["svd_fraction"] = out["svd"]["seconds"] / out["intrinsic"]["seconds"]
+    # Check the kernel against its sum form K[G] = Σ_j (zzᵀ)^{(L−j)/L} G (zᵀz)^{(j−1)/L}
+    # through the eigendecompositions of zzᵀ and zᵀz (an independent route), on this z.
+    G = np.asarray(gradient(z0))
+    zn = np.asarray(z0)
+    ev_l, Ql = np.linalg.eigh(zn @ zn.T)
+    ev_r, Qr = np.linalg.eigh(zn.T @ zn)
+    power = lambda ev, Q, p: (Q * np.clip(ev, 0, None) ** p) @ Q.T
+    K = sum(
+        power(ev_l, Ql, (depth - j) / depth) @ G @ power(ev_r, Qr, (j - 1) / depth)
+        for j in range(1, depth + 1)
+    )
+    K_nf = -np.asarray(intrinsic(z0))
+    out["intrinsic"]["rel_err_vs_sum_form"] = float(np.linalg.norm(K_nf - K) / np.linalg.norm(K))
+    return out

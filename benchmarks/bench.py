@@ -1,15 +1,20 @@
-"""Side-by-side benchmark: node_flow against SciPy `solve_ivp` and torchdiffeq on the same
-deep-linear gradient flow, at equal accuracy, in one run (`make bench`).
+"""Side-by-side benchmark: node_flow against SciPy `solve_ivp`, torchdiffeq and a plain
+JAX + diffrax solve on the same deep-linear gradient flow, at equal accuracy, in one run
+(`make bench`); then the cost of one vector-field evaluation at scale (1,000 × 1,000 matrix
+completion, depth 3).
 
 Every measurement runs in a fresh process (`_worker.py`), one after the other; the float64
 matmul peak (NumPy, n = 1024) is measured at the start and the end of the same run.
-Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`.
+Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`. `summary.json`
+holds every record in one list, `records` (`tool`, `case`, `seconds`, `rel_err`, `nfev`,
+`hardware`), including those of `<out>/completion.json` when another benchmark wrote it.
 """
 
 import argparse
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -32,8 +37,16 @@ from node_flow._io import (  # noqa: E402
 logger = logging.getLogger("bench")
 
 SIZES = ((16, 8), (128, 8), (16, 64), (1024, 8), (128, 64), (64, 256))
-TOOLS = ("node_flow", "node_flow-dopri8", "scipy-DOP853", "scipy-RK45", "torchdiffeq")
-PEERS = ("scipy-DOP853", "scipy-RK45", "torchdiffeq")
+TOOLS = (
+    "node_flow",
+    "node_flow-dopri8",
+    "jax-diffrax",
+    "scipy-DOP853",
+    "scipy-RK45",
+    "torchdiffeq",
+)
+PEERS = ("jax-diffrax", "scipy-DOP853", "scipy-RK45", "torchdiffeq")
+EXTRAS = ("intrinsic", "neural_ode", "criterion", "scale")
 INTRINSIC_SIZES = ((1024, 8), (1024, 64))
 CHECK_PARAM_MAX_WORK = 1024 * 8**3 * 2  # parameter-flow cross-check of the reference if L n³ ≤ this
 SECONDARY_MAX_WORK = 128 * 64**3  # node_flow-dopri8 (a second solver) only up to this L n³
@@ -50,8 +63,22 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--sizes", type=str, default=None, help='e.g. "16x8,128x8" (L x n)')
     p.add_argument("--tools", type=str, default=",".join(TOOLS))
-    p.add_argument("--no-extras", action="store_true", help="skip intrinsic/neural-ODE/criterion")
-    return p.parse_args(argv)
+    p.add_argument("--no-extras", action="store_true", help="skip every extra (--extras)")
+    p.add_argument(
+        "--extras",
+        type=str,
+        default=",".join(EXTRAS),
+        help="extra cases to run, among " + ",".join(EXTRAS),
+    )
+    p.add_argument("--scale-n", type=int, default=1000, help="matrix size of the scale case")
+    p.add_argument(
+        "--scale-observed", type=int, default=100_000, help="observed entries of the scale case"
+    )
+    args = p.parse_args(argv)
+    unknown = set(args.extras.split(",")) - set(EXTRAS) - {""}
+    if unknown:
+        p.error(f"argument --extras: unknown {sorted(unknown)}; choose among {', '.join(EXTRAS)}")
+    return args
 
 
 def run_job(job: dict, workdir: Path, timeout: float) -> dict:
@@ -60,7 +87,8 @@ def run_job(job: dict, workdir: Path, timeout: float) -> dict:
     with os.fdopen(fd, "w") as f:
         json.dump(job, f)
     result_path = Path(job_path).with_suffix(".out.json")
-    env = dict(os.environ, PYTHONPATH=str(HERE))
+    path = [str(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     t = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -141,16 +169,108 @@ def measure(args, workdir):
                 continue
             case(tool, L, n)
     extras = {}
-    if not args.no_extras:
+    chosen = () if args.no_extras else tuple(args.extras.split(","))
+    if "intrinsic" in chosen:
         for L, n in INTRINSIC_SIZES:
             if (L, n) not in sizes or "node_flow" not in tools:
                 case("node_flow", L, n)
             case("node_flow-intrinsic", L, n)
+    if "neural_ode" in chosen:
         extras["neural_ode"] = run_job(dict(kind="neural_ode", ms=[4, 8, 16, 32, 64]), workdir, 600)
+    if "criterion" in chosen:
         extras["criterion"] = run_job(dict(kind="criterion", widths=[4, 8, 12, 16]), workdir, 600)
+    if "scale" in chosen:
+        scale = dict(n=args.scale_n, observed=args.scale_observed, seed=args.seed)
+        extras["scale"] = run_job(dict(kind="scale", args=scale), workdir, 1200)
+        logger.info("scale: %s", extras["scale"])
     peaks.append(run_job({"kind": "peak"}, workdir, 120)["peak_gflops"])
     logger.info("float64 matmul peak at the end: %.1f GFLOP/s", peaks[1])
     return sizes, cases, references, extras, peaks
+
+
+def hardware() -> dict:
+    """The machine the run measured: CPU model, cores, OS, library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    versions = {}
+    for name in ("jax", "jaxlib", "diffrax", "numpy", "scipy", "torch", "torchdiffeq"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # not installed: the peer is skipped and its record says so
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "device": "cpu",
+        "versions": versions,
+    }
+
+
+def _case_name(L, n):
+    return f"deep_linear L={L} n={n}"
+
+
+def flat_records(summary, label):
+    """Every measurement as one record: `tool`, `case`, `seconds`, `rel_err`, `nfev`,
+    `hardware` (plus what else the case knows)."""
+    out = []
+    for r in summary["cases"]:
+        base = {"case": _case_name(r["L"], r["n"]), "hardware": label}
+        keep = ("tool", "seconds", "rel_err", "nfev", "tol", "compile_s", "note")
+        out.append(base | {k: r[k] for k in keep if k in r})
+        if "fixed_tol" in r:
+            fixed = r["fixed_tol"]
+            out.append(
+                base
+                | {"tool": r["tool"], "case": base["case"] + f" tol={fixed['tol']:g}"}
+                | {k: fixed[k] for k in ("seconds", "rel_err", "nfev", "tol")}
+            )
+    scale = summary.get("scale") or {}
+    if "intrinsic" in scale:
+        case = (
+            f"matrix_completion n={scale['n']} observed={scale['observed']} "
+            f"depth={scale['depth']}: one vector-field evaluation"
+        )
+        for tool, key in (("node_flow-intrinsic", "intrinsic"), ("node_flow", "parameter")):
+            rec = scale[key]
+            out.append(
+                {
+                    "tool": tool,
+                    "case": case,
+                    "seconds": rec["seconds"],
+                    "nfev": 1,
+                    "hardware": label,
+                }
+                | {k: rec[k] for k in ("rel_err_vs_sum_form", "temp_bytes", "gemms") if k in rec}
+            )
+    return out
+
+
+def merge_completion(path: Path, label) -> tuple[list, str | None]:
+    """The records another benchmark wrote to `completion.json` (a list of records, or an
+    object with a `records` list), each tagged with its source; a note if unreadable."""
+    if not path.exists():
+        return [], None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return [], f"{path.name} not merged: {e}"
+    records = data.get("records") if isinstance(data, dict) else data
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and "tool" in r and "case" in r for r in records
+    ):
+        return [], f"{path.name} not merged: expected a list of records with `tool` and `case`"
+    hw = data.get("hardware") if isinstance(data, dict) else None
+    return [{"hardware": hw or label} | r | {"source": path.name} for r in records], None
 
 
 def _fmt(x, spec):
@@ -174,11 +294,15 @@ def summarize(sizes, cases, references, extras, peaks):
             key = (rec["L"], rec["n"])
             if key not in best_peer or rec["seconds"] < best_peer[key]["seconds"]:
                 best_peer[key] = rec
+    plain = {(r["L"], r["n"]): r for r in cases if r["tool"] == "jax-diffrax" and "seconds" in r}
     for rec in cases:
         bp = best_peer.get((rec["L"], rec["n"]))
         if bp is not None and "seconds" in rec and "intrinsic" not in rec["tool"]:
             rec["best_peer"] = bp["tool"]
             rec["speedup_vs_best_peer"] = bp["seconds"] / rec["seconds"]
+        jd = plain.get((rec["L"], rec["n"]))
+        if jd is not None and "seconds" in rec and rec["tool"].startswith("node_flow"):
+            rec["speedup_vs_jax_diffrax"] = jd["seconds"] / rec["seconds"]
     intrinsic = []
     for L, n in INTRINSIC_SIZES:
         par = next(
@@ -223,8 +347,9 @@ def summarize(sizes, cases, references, extras, peaks):
 
 def markdown(summary):
     head = (
-        "| tool | L | n | seconds | rel_err | tol | nfev | × best peer | VF GFLOP/s | VF / peak |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| tool | L | n | seconds | rel_err | tol | nfev | × best peer | × jax-diffrax "
+        "| VF GFLOP/s | VF / peak |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for r in summary["cases"]:
@@ -234,7 +359,8 @@ def markdown(summary):
         lines.append(
             f"| {r['tool']} | {r['L']} | {r['n']} | {_fmt(r.get('seconds'), '.4g')} "
             f"| {_fmt(r.get('rel_err'), '.1e')} | {_fmt(r.get('tol'), '.0e')} | {r.get('nfev', '-')} "
-            f"| {'-' if sp is None else f'{sp:.2f}'} | {_fmt(r.get('vf_gflops'), '.1f')} "
+            f"| {'-' if sp is None else f'{sp:.2f}'} "
+            f"| {_fmt(r.get('speedup_vs_jax_diffrax'), '.2f')} | {_fmt(r.get('vf_gflops'), '.1f')} "
             f"| {_fmt(r.get('vf_fraction_of_peak'), '.0%')} |"
             + (f" {r['note']}" if r.get("note") else "")
         )
@@ -247,6 +373,8 @@ def markdown(summary):
                 f"| {r['L']} | {r['n']} | {r['param_s']:.4g} | {r['intrinsic_s']:.4g} | {r['ratio']:.0f}× "
                 f"| {r['param_rel_err']:.1e} / {r['intrinsic_rel_err']:.1e} |\n"
             )
+    text += _fixed_tol_table(summary["cases"]) + _scale_table(summary.get("scale") or {})
+    text += _merged_table([r for r in summary.get("records", []) if "source" in r])
     for name, cols in (
         ("neural_ode", ("m", "seconds", "compile_s", "nfev", "ms_per_eval")),
         ("criterion", ("n", "D", "seconds", "laws", "laws_expected")),
@@ -263,6 +391,63 @@ def markdown(summary):
                     )
                     + " |\n"
                 )
+    return text
+
+
+def _fixed_tol_table(cases):
+    rows = [r for r in cases if "fixed_tol" in r]
+    if not rows:
+        return ""
+    text = (
+        "\nAt the fixed tolerance rtol = atol = 1e-7 (not equal accuracy):\n\n"
+        "| tool | L | n | seconds | rel_err | nfev |\n|---|---:|---:|---:|---:|---:|\n"
+    )
+    for r in rows:
+        f = r["fixed_tol"]
+        text += (
+            f"| {r['tool']} | {r['L']} | {r['n']} | {f['seconds']:.4g} | {f['rel_err']:.1e} "
+            f"| {f['nfev']} |\n"
+        )
+    return text
+
+
+def _merged_table(records):
+    if not records:
+        return ""
+    text = (
+        f"\nFrom {records[0]['source']}:\n\n"
+        "| tool | case | seconds | rel_err / accuracy | nfev |\n|---|---|---:|---:|---:|\n"
+    )
+    for r in records:
+        acc = r.get("rel_err", r.get("accuracy"))
+        acc = _fmt(acc, ".1e") if isinstance(acc, float) else ("-" if acc is None else acc)
+        text += (
+            f"| {r['tool']} | {r['case']} | {_fmt(r.get('seconds'), '.4g')} | {acc} "
+            f"| {r.get('nfev', '-')} |\n"
+        )
+    return text
+
+
+def _scale_table(scale):
+    if "intrinsic" not in scale:
+        return f"\nscale: {scale.get('note', 'not run')}\n" if scale else ""
+    text = (
+        f"\nOne vector-field evaluation, {scale['n']} × {scale['n']} matrix completion, "
+        f"{scale['observed']} observed entries, depth {scale['depth']} "
+        f"(JAX float64 GEMM {scale['gemm']['gflops']:.1f} GFLOP/s in the same process):\n\n"
+        "| evaluation | seconds | × one GEMM | XLA temp MB |\n|---|---:|---:|---:|\n"
+    )
+    for key in ("intrinsic", "parameter", "svd", "loss_gradient", "gemm"):
+        r = scale[key]
+        text += (
+            f"| {key} | {r['seconds']:.4g} | {r.get('gemms', 1.0):.1f} "
+            f"| {r.get('temp_bytes', 0) / 1e6:.0f} |\n"
+        )
+    text += (
+        f"\nSVD share of the intrinsic evaluation: {scale['intrinsic']['svd_fraction']:.0%}; "
+        f"kernel vs its sum form (eigendecompositions of zzᵀ, zᵀz): "
+        f"{scale['intrinsic']['rel_err_vs_sum_form']:.1e} relative.\n"
+    )
     return text
 
 
@@ -322,10 +507,20 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     start = time.perf_counter()
+    load_start = list(os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         sizes, cases, references, extras, peaks = measure(args, Path(tmp))
     summary = summarize(sizes, cases, references, extras, peaks)
     summary["total_seconds"] = time.perf_counter() - start
+    hw = hardware()
+    summary["hardware"] = hw
+    summary["load_average_start_end"] = [load_start, list(os.getloadavg())]
+    label = f"{hw['cpu']} ({hw['cores']} cores)"
+    merged, note = merge_completion(args.out / "completion.json", label)
+    if note:
+        logger.warning(note)
+        summary["completion_note"] = note
+    summary["records"] = flat_records(summary, label) + merged
     atomic_write_json(args.out / "summary.json", summary)
     table = markdown(summary)
     atomic_write(args.out / "table.md", table)

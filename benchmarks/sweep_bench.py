@@ -196,6 +196,9 @@ def markdown(summary) -> str:
 def main(argv=None):
     args = parse_args(argv)
     jax.config.update("jax_enable_x64", True)
+    from node_flow import enable_compilation_cache
+
+    enable_compilation_cache(Path(__file__).resolve().parents[1] / ".cache" / "jax")
     if args.worker is not None:
         worker(args)
         return

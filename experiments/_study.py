@@ -1,6 +1,10 @@
 """Small utilities shared by the experiments: command-line checks, a resumable result store,
 a progress bar, and log–log slope fits. Never imported by the package. Files are written
-with the package's one atomic writer, `node_flow._io`."""
+with the package's one atomic writer, `node_flow._io`.
+
+Importing it turns on the persistent compilation cache in `<repository>/.cache/jax`
+(`node_flow.enable_compilation_cache`; `NODE_FLOW_CACHE_DIR` moves it, `=off` disables
+it), so that a second run of a study reuses the compiled flows of the first."""
 
 import argparse
 import hashlib
@@ -13,7 +17,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from node_flow import enable_compilation_cache
 from node_flow._io import atomic_write_json
+
+
+CACHE_DIR = enable_compilation_cache(Path(__file__).resolve().parents[1] / ".cache" / "jax")
 
 
 # --- command-line checks: a bad flag is refused by argparse, naming it, before computing ----

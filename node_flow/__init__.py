@@ -12,6 +12,7 @@ from . import (
     plot as plot,
     relu as relu,
 )
+from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._conservation import conservation_laws as conservation_laws
 from ._crossing import crossing_time as crossing_time
 from ._descent import gradient_descent as gradient_descent
