@@ -23,37 +23,44 @@ from ._integrate import raise_or_guard
 from ._solution import DescentSolution, RESULTS
 
 
-def _descent_scan(field, y0, eta, limit, num_steps, save_every, save):
-    """Saves after every `save_every` steps (the last block may be partial); a step that
-    meets a non-finite or exploding loss/state is not taken, and records its index."""
+def _descent_scan(field, y0, eta, limit, target, num_steps, save_every, save):
+    """Saves after every `save_every` steps (the last block may be partial). A step that
+    meets a non-finite or exploding loss/state, or a loss ≤ `target`, is not taken and
+    records its index; returns (saved, stop index or -1, whether the target stopped it)."""
     num_saves = -(-num_steps // save_every)
 
     def step(carry, k):
-        y, failed_at = carry
+        y, stop_at, reached = carry
         dy, _, value = field(y)
         y_new = y + eta * dy
+        hit = value <= target
         bad = ~(jnp.isfinite(value) & (value <= limit) & jnp.all(jnp.isfinite(y_new)))
-        active = (k < num_steps) & (failed_at < 0)
-        failed_at = jnp.where(active & bad, k, failed_at)
-        y = jnp.where(active & ~bad, y_new, y)
-        return (y, failed_at), None
+        active = (k < num_steps) & (stop_at < 0)
+        stop_at = jnp.where(active & (bad | hit), k, stop_at)
+        reached = reached | (active & hit)
+        y = jnp.where(active & ~bad & ~hit, y_new, y)
+        return (y, stop_at, reached), None
 
     def block(carry, i):
         carry, _ = jax.lax.scan(step, carry, i * save_every + jnp.arange(save_every))
         return carry, save(carry[0])
 
-    carry = (y0, jnp.asarray(-1))
-    (y, failed_at), saved = jax.lax.scan(block, carry, jnp.arange(num_saves))
+    carry = (y0, jnp.asarray(-1), jnp.asarray(False))
+    (y, stop_at, reached), saved = jax.lax.scan(block, carry, jnp.arange(num_saves))
     first = jax.tree.map(lambda x: x[None], save(y0))
     saved = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, saved)
     end = saved["losses"][-1]
     end_bad = ~(jnp.isfinite(end) & (end <= limit))
-    failed_at = jnp.where((failed_at < 0) & end_bad, num_steps, failed_at)
-    return saved, failed_at
+    fresh = stop_at < 0
+    reached = reached | (fresh & ~end_bad & (end <= target))
+    stop_at = jnp.where(fresh & (end_bad | (end <= target)), num_steps, stop_at)
+    return saved, stop_at, reached
 
 
 @eqx.filter_jit
-def _descent_core(params, static, loss, lr, time_scale, blowup, num_steps, save_every, save_models):
+def _descent_core(
+    params, static, loss, lr, time_scale, blowup, target, num_steps, save_every, save_models
+):
     check_scalar_loss(
         "gradient_descent", loss, jax.eval_shape(lambda: eqx.combine(params, static).lift())
     )
@@ -61,15 +68,19 @@ def _descent_core(params, static, loss, lr, time_scale, blowup, num_steps, save_
     lift = ParameterLift(static, unravel)
     field = ParameterField(lift, loss, time_scale)
     save = SaveParameters(lift, loss, save_models)
-    limit = blowup * jnp.maximum(1.0, jnp.abs(field(y0)[2]))
-    saved, failed_at = _descent_scan(field, y0, lr, limit, num_steps, save_every, save)
+    loss0 = field(y0)[2]
+    limit = blowup * jnp.maximum(1.0, jnp.abs(loss0))
+    bound = -jnp.inf if target is None else target
+    saved, stop_at, reached = _descent_scan(
+        field, y0, lr, limit, jnp.asarray(bound, loss0.dtype), num_steps, save_every, save
+    )
     steps = jnp.minimum(save_every * jnp.arange(saved["losses"].shape[0]), num_steps)
     ys = saved.get("ys")
     models = None if ys is None else eqx.combine(jax.vmap(unravel)(ys), static)
-    result = RESULTS.where(failed_at >= 0, RESULTS.diverged, RESULTS.successful)
-    done = jnp.where(failed_at >= 0, failed_at, num_steps)
+    result = RESULTS.where((stop_at >= 0) & ~reached, RESULTS.diverged, RESULTS.successful)
+    done = jnp.where(stop_at >= 0, stop_at, num_steps)
     ts = steps.astype(jnp.result_type(lr)) * (lr * time_scale)
-    return steps, ts, saved, models, result, done
+    return steps, ts, saved, models, result, done, None if target is None else reached
 
 
 def _check_count(fname, name, n):
@@ -90,6 +101,7 @@ def gradient_descent(
     blowup: ScalarLike = 1e8,
     throw: bool = True,
     save_models: bool = True,
+    target_loss: ScalarLike | None = None,
 ) -> DescentSolution:
     r"""Train `model` by gradient descent on `loss(model.lift())`:
     $\theta_{k+1} = \theta_k - \eta\,\tau\, P^{-1}\nabla_\theta \ell(\varphi(\theta_k))$.
@@ -115,6 +127,9 @@ def gradient_descent(
       `jit`: `eqx.error_if` on every output); with `throw=False` see `.result` and
       `.stats["num_steps"]`.
     - `save_models`: keep the models at the save steps.
+    - `target_loss`: optional $\ell^\star > 0$: stop at the first iterate $k$ with
+      $\ell(z_k) \le \ell^\star$ (a success; `.target_reached` is true,
+      `.stats["num_steps"]` is $k$ and the later saves hold iterate $k$).
 
     **Returns:** a [`node_flow.DescentSolution`][] with `.steps`, `.ts`, `.zs`, `.losses`,
     `.models`, `.stats` and `.result`.
@@ -130,11 +145,14 @@ def gradient_descent(
     check_lift_output(fname, model)
     for name, value in (("lr", lr), ("time_scale", time_scale), ("blowup", blowup)):
         check_positive(fname, name, value)
+    if target_loss is not None:
+        check_positive(fname, "target_loss", target_loss)
+        target_loss = as_float(target_loss)
     _check_count(fname, "num_steps", num_steps)
     _check_count(fname, "save_every", save_every)
-    steps, ts, saved, models, result, done = _descent_core(
+    steps, ts, saved, models, result, done, reached = _descent_core(
         params, static, loss, as_float(lr), as_float(time_scale), as_float(blowup),
-        int(num_steps), int(save_every), bool(save_models),
+        target_loss, int(num_steps), int(save_every), bool(save_models),
     )  # fmt: skip
     where = ""
     if not result.is_traced() and throw:
@@ -150,4 +168,5 @@ def gradient_descent(
         models=models,
         stats={"num_steps": done},
         result=result,
+        target_reached=reached,
     )

@@ -68,6 +68,7 @@ def flow_options(
     blowup,
     progress_meter,
     dense,
+    target_loss=None,
 ) -> Options:
     """Validate the options shared by every flow (before any solve) and group them."""
     check_tolerances(fname, rtol, atol)
@@ -76,6 +77,8 @@ def flow_options(
     check_positive(fname, "time_scale", time_scale)
     if dt0 is not None:
         check_positive(fname, "dt0", dt0)
+    if target_loss is not None:
+        check_positive(fname, "target_loss", target_loss)
     return Options(
         solver=diffrax.Tsit5() if solver is None else solver,
         controller=stepsize_controller,
@@ -85,6 +88,7 @@ def flow_options(
         blowup=as_float(blowup),
         dt0=None if dt0 is None else as_float(dt0),
         event=None,
+        target_loss=None if target_loss is None else as_float(target_loss),
         progress_meter=progress_meter,
         max_steps=max_steps,
         dense=bool(dense),
@@ -184,6 +188,7 @@ def gradient_flow(
     max_steps: int | None = 100_000,
     blowup: ScalarLike = 1e8,
     event: Callable[[Any, Any], Any] | None = None,
+    target_loss: ScalarLike | None = None,
     throw: bool = True,
     save_models: bool = True,
     dense: bool = False,
@@ -243,7 +248,15 @@ def gradient_flow(
     - `blowup`: the flow is declared blown up (`RESULTS.blew_up`) when
       $\max|\theta|$ exceeds `blowup · max(1, max|θ(t0)|)` or becomes non-finite.
     - `event`: optional `(t, model) ↦ bool or real scalar`; the solve stops when it
-      becomes true or changes sign (`RESULTS.event_occurred`, time in `.t_final`).
+      becomes true or changes sign (`RESULTS.event_occurred`, time in `.t_final`). The
+      time of a real-valued event is located by bisection on the step's interpolant to
+      relative accuracy 1e-12 (a boolean one stops at the end of the step).
+    - `target_loss`: optional $\ell^\star > 0$: the solve stops at the first time
+      $\ell(z(t)) \le \ell^\star$, a success: `.result` is `RESULTS.event_occurred`,
+      `.target_reached` is true and `.t_final` is that time (located as an event's; `t0`
+      when $\ell(z_0) \le \ell^\star$). It costs one loss evaluation per step. With a
+      user `event` too, the first of the two stops the solve (if both occur within one
+      solver step, the target's time is taken). Save times after the stop hold `inf`.
     - `throw`: raise a `FlowError` naming the failure; with `throw=False` the failure is
       reported in `.result`.
     - `save_models`: keep the parameters at every save time (`.models`); `False` keeps
@@ -271,6 +284,7 @@ def gradient_flow(
         fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
         stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
         max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
+        target_loss=target_loss,
     )  # fmt: skip
     t0, t1 = as_float(t0), as_float(t1)
     raw, models, lift = _gradient_flow_core(
@@ -379,6 +393,7 @@ def intrinsic_flow(
     max_steps: int | None = 100_000,
     blowup: ScalarLike = 1e8,
     event: Callable[[Any, Any], Any] | None = None,
+    target_loss: ScalarLike | None = None,
     throw: bool = True,
     dense: bool = False,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
@@ -417,6 +432,7 @@ def intrinsic_flow(
         fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
         stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
         max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
+        target_loss=target_loss,
     )  # fmt: skip
     check_scalar_loss(fname, loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
     out = jax.eval_shape(kernel, z0, z0)

@@ -11,6 +11,8 @@ at the save times), then call [`integrate`][], a single jit-compiled function th
   §II.4), stops on a non-finite or exploding state or on an ascent beyond the solver
   tolerance (one boolean event), and guards the step-size controller so that a
   non-finite trial step shrinks the step instead of poisoning it with NaN;
+- stops, if asked, when the loss reaches `target_loss` or on a user `event`, the time
+  located by bisection on the step's interpolant (`_EventBisection`);
 - solves with `diffrax.diffeqsolve` and classifies the outcome as a
   [`node_flow.RESULTS`][] member.
 
@@ -44,6 +46,9 @@ _DTMIN_ULPS = 8
 # The ascent tolerated before `loss_increased`: this many times atol + rtol·|ℓ(z0)|.
 # A descent flow has zero ascent up to rounding (orders of magnitude below).
 _ASCENT_FACTOR = 10.0
+# The relative accuracy to which an event time (a user `event`, `target_loss`) is located
+# on the step's interpolant; float32 stops earlier, at the resolution of t.
+_EVENT_RTOL = 1e-12
 
 
 class Options(eqx.Module):
@@ -58,6 +63,7 @@ class Options(eqx.Module):
     blowup: Real[ArrayLike, ""]
     dt0: Real[ArrayLike, ""] | None
     event: Callable | None
+    target_loss: Real[ArrayLike, ""] | None
     progress_meter: diffrax.AbstractProgressMeter
     max_steps: int = eqx.field(static=True)
     dense: bool = eqx.field(static=True)
@@ -105,6 +111,46 @@ class _FiniteGuard(diffrax.AbstractAdaptiveStepSizeController):
         first_rejections = first_rejections + (~accepted & ~keep).astype(int)
         state = (inner, accepted | keep, first_rejections)
         return keep, next_t0, next_t1, jump, state, result
+
+
+class _EventBisection(optx.AbstractRootFinder):
+    """Bisection for diffrax's event time: diffrax hands the root finder one value per
+    event condition, all zero but the triggered one, so their sum is that condition's.
+    Derivative-free (Newton would need forward-mode autodiff through the model, which a
+    `LinearNeuralODE`'s reverse-mode forward solve does not support) and cheap to compile.
+    Stops when the bracket is below `atol + rtol·|t|` or can no longer shrink."""
+
+    rtol: float
+    atol: float
+    norm: Callable = eqx.field(static=True, default=jnp.abs)
+
+    def _value(self, fn, t, args):
+        out, aux = fn(t, args)
+        return sum(jnp.asarray(v, t.dtype) for v in jax.tree.leaves(out)), aux
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        lower = jnp.asarray(options["lower"], jnp.result_type(y))
+        upper = jnp.asarray(options["upper"], jnp.result_type(y))
+        flip = self._value(fn, lower, args)[0] > self._value(fn, upper, args)[0]
+        return lower, upper, flip
+
+    def step(self, fn, y, args, options, state, tags):
+        lower, upper, flip = state
+        value, aux = self._value(fn, y, args)
+        below = flip ^ (value < 0)
+        lower, upper = jnp.where(below, y, lower), jnp.where(below, upper, y)
+        return lower + 0.5 * (upper - lower), (lower, upper, flip), aux
+
+    def terminate(self, fn, y, args, options, state, tags):
+        lower, upper, _ = state
+        width = upper - lower
+        small = width <= self.atol + self.rtol * jnp.maximum(jnp.abs(lower), jnp.abs(upper))
+        middle = lower + 0.5 * width
+        stuck = (middle <= lower) | (middle >= upper)
+        return small | stuck, optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
 
 
 def _initial_step(f, state0, f0, t0, t1, rtol, atol, order):
@@ -173,6 +219,37 @@ def _stop_event(blowup, scale0, ascent_tol):
     return stop
 
 
+def _conditions(options, save, loss0, ascent_tol, scale0):
+    """The event conditions: the boolean stop, then `target_loss` (reached at the start;
+    crossed during a step), then the user's event. Returns (conditions, root finder)."""
+    conds = (_stop_event(options.blowup, scale0, ascent_tol),)
+    if options.target_loss is not None:
+        target = jnp.asarray(options.target_loss, loss0.dtype)
+        at_start = loss0 <= target
+        conds = conds + (
+            lambda t, y, args, **kw: at_start,
+            lambda t, y, args, **kw: save(y[0])["losses"] - target,
+        )
+    if options.event is not None:
+        conds = conds + (lambda t, y, args, **kw: options.event(t, y[0]),)
+    real = options.event is not None or options.target_loss is not None
+    return conds, _EventBisection(rtol=_EVENT_RTOL, atol=0.0) if real else None
+
+
+def _saves_at_start(sol_ts, saved, ts, t0, num_steps, save, y0):
+    """A solve an event stops before its first step (e.g. `target_loss` already met)
+    saves nothing: its save times at t0 get the initial point (`save` is only called
+    then: it may have side effects)."""
+    missing = (num_steps == 0) & (ts <= t0) & jnp.isinf(sol_ts)
+
+    def fill():
+        where = lambda a, b: jnp.where(jnp.reshape(missing, (-1,) + (1,) * (a.ndim - 1)), b, a)
+        return jax.tree.map(where, saved, save(y0))
+
+    saved = jax.lax.cond(jnp.any(missing), fill, lambda: saved)
+    return jnp.where(missing, ts, sol_ts), saved
+
+
 def _classify(sol, raw_result, ok_times, bad_start, ascent_tol, final_ascent, losses):
     result = RESULTS.promote(raw_result)
     stopped = sol.event_mask[0]
@@ -204,10 +281,7 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         initial = 2
     ascent_tol = _ASCENT_FACTOR * (options.atol + options.rtol * jnp.abs(loss0))
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
-    conds = (_stop_event(options.blowup, scale0, ascent_tol),)
-    if options.event is not None:
-        conds = conds + (lambda t, y, args, **kw: options.event(t, y[0]),)
-    root = None if options.event is None else optx.Newton(rtol=1e-10, atol=1e-12)
+    conds, root = _conditions(options, save, loss0, ascent_tol, scale0)
     saveat = diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(state[0])),
@@ -232,9 +306,10 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         progress_meter=options.progress_meter,
     )
     saved, (t_final, ascent) = sol.ys
+    num_steps = sol.stats["num_steps"]
+    sol_ts, saved = _saves_at_start(sol.ts[0], saved, ts, t0, num_steps, save, y0)
     losses = saved["losses"]
     result = _classify(sol, sol.result, ok_times, bad_start, ascent_tol, ascent[0], losses)
-    num_steps = sol.stats["num_steps"]
     first_rejections = sol.controller_state[2] if adaptive else 0
     stats = {
         "num_steps": num_steps,
@@ -243,7 +318,10 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         "num_vf_evals": _num_vf_evals(options.solver, num_steps, initial, first_rejections),
     }
     interpolation = sol.interpolation if options.dense else None
-    return sol.ts[0], saved, t_final[0], stats, result, interpolation
+    target_reached = None
+    if options.target_loss is not None:
+        target_reached = (sol.event_mask[1] | sol.event_mask[2]) & is_ok(result)
+    return sol_ts, saved, t_final[0], stats, result, interpolation, target_reached
 
 
 _HINTS = {
@@ -312,7 +390,7 @@ def raise_or_guard(fname: str, outputs: PyTree, result, where: str, throw: bool)
 def finish(fname, raw, models, lift, t0, t1, throw) -> FlowSolution:
     """A [`node_flow.FlowSolution`][] from `integrate`'s output, checked (see
     `raise_or_guard`)."""
-    ts, saved, t_final, stats, result, interpolation = raw
+    ts, saved, t_final, stats, result, interpolation, target_reached = raw
     outputs = (ts, saved["zs"], saved["losses"], models, t_final)
     if not result.is_traced() and throw:
         where = (
@@ -332,4 +410,5 @@ def finish(fname, raw, models, lift, t0, t1, throw) -> FlowSolution:
         t_final=t_final,
         interpolation=interpolation,
         lift=lift if interpolation is not None else None,
+        target_reached=target_reached,
     )

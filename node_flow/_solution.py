@@ -4,7 +4,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Real
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Real
 
 
 class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
@@ -62,6 +62,9 @@ class FlowSolution(eqx.Module):
     - `interpolation`: the solver's dense output (`dense=True`), else `None`; use
       [`node_flow.FlowSolution.evaluate`][].
     - `lift`: maps the solver state to $z$ for `evaluate` (`None`: the state is $z$).
+    - `target_reached`: with `target_loss`, whether the solve stopped because the loss
+      reached it (then `result` is `RESULTS.event_occurred` and `t_final` the first time
+      $\ell \le$ `target_loss`); `None` without `target_loss`.
     """
 
     ts: Real[Array, " times"]
@@ -73,6 +76,7 @@ class FlowSolution(eqx.Module):
     t_final: Real[Array, ""]
     interpolation: diffrax.DenseInterpolation | None = None
     lift: Any = None
+    target_reached: Bool[Array, ""] | None = None
 
     def evaluate(self, t: Real[ArrayLike, ""]) -> Float[Array, "..."]:
         r"""$z(t)$ for any $t \in [t_0, t_{\rm final}]$, from the solver's dense output
@@ -105,6 +109,8 @@ class DescentSolution(eqx.Module):
       the last finite iterate.
     - `stats`: `num_steps`, the steps completed (the step at which it diverged, if it did).
     - `result`: `RESULTS.successful` or `RESULTS.diverged`.
+    - `target_reached`: with `target_loss`, whether an iterate reached it (the descent
+      stopped there); `None` without `target_loss`.
     """
 
     steps: Int[Array, " saves"]
@@ -114,3 +120,4 @@ class DescentSolution(eqx.Module):
     models: PyTree[Any] | None
     stats: dict[str, Any]
     result: RESULTS
+    target_reached: Bool[Array, ""] | None = None
