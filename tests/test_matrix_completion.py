@@ -34,6 +34,7 @@ def test_nuclear_norm_completion_of_2x2_matches_closed_form(w22, x_star):
     assert float(X[0, 0]) == pytest.approx(x_star, abs=1e-4)
 
 
+@pytest.mark.slow  # two compilations of the flow (the stop, then the end at the stop)
 def test_depth_1_flow_stops_at_the_closed_form_time_with_the_closed_form_matrix():
     """Plain gradient flow on z: observed entries relax as e^{−t/m}, so
     ℓ(t) = ℓ(0) e^{−2t/m} and ℓ = target at t* = (m/2) ln(ℓ(0)/target); unobserved entries
