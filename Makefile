@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-slow run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
-	learning-times lazy-rich reproduce
+	learning-times lazy-rich incremental-learning matrix-completion reproduce
 
 install: $(STAMP)
 
@@ -75,4 +75,10 @@ learning-times: install
 lazy-rich: install
 	$(PY) experiments/lazy_rich.py
 
-reproduce: learning-times lazy-rich
+incremental-learning: install
+	$(PY) experiments/incremental_learning.py
+
+matrix-completion: install
+	$(PY) experiments/matrix_completion.py
+
+reproduce: learning-times lazy-rich incremental-learning matrix-completion
