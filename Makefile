@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-slow run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
-	learning-times lazy-rich reproduce
+	learning-times lazy-rich norms-vs-rank reproduce
 
 install: $(STAMP)
 
@@ -70,4 +70,7 @@ learning-times: install
 lazy-rich: install
 	$(PY) experiments/lazy_rich.py
 
-reproduce: learning-times lazy-rich
+norms-vs-rank: install
+	$(PY) experiments/norms_vs_rank.py
+
+reproduce: learning-times lazy-rich norms-vs-rank
