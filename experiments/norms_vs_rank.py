@@ -97,6 +97,40 @@ def trajectory(sol):
     }
 
 
+def erank_minus_one(log_s):
+    r"""$\operatorname{erank} - 1 = \operatorname{expm1}(-\sum_a p_a\ln p_a)$ from the carried
+    $\ln\sigma_a$ (rows), without rounding $p_{\max} = 1 - \sum_{a \ne \max} p_a$ to 1: with
+    $\ln p_a = \rho_a - \operatorname{logsumexp}\rho$ and $\ln p_{\max} =
+    \operatorname{log1p}(-\sum_{a\ne\max} p_a)$ it resolves $\operatorname{erank} - 1$ far
+    below $10^{-16}$, where an SVD of $z$ only sees rounding."""
+    rho = np.sort(np.asarray(log_s, float), axis=1)[:, ::-1]
+    top = rho[:, :1]
+    log_p_rest = rho[:, 1:] - top - np.log1p(np.sum(np.exp(rho[:, 1:] - top), axis=1))[:, None]
+    p_rest = np.exp(log_p_rest)
+    p_top = 1.0 - np.sum(p_rest, axis=1)
+    entropy = -np.sum(p_rest * log_p_rest, axis=1) - p_top * np.log1p(-np.sum(p_rest, axis=1))
+    return np.expm1(entropy)
+
+
+def derived(traj):
+    """Measures from the carried state: det z = det Q · exp(Σ ln σ) (exact, where the det of
+    the formed z is rounding once σ_min < ε σ_max), erank − 1, and where z resolves σ_min."""
+    log_s = np.asarray(traj["log_singular_values"])
+    sign = np.asarray(traj["det_sign_from_Q"])
+    resolvable = np.min(log_s, axis=1) - np.max(log_s, axis=1) > np.log(1e-8)
+    em1 = erank_minus_one(log_s)
+    svd_erank = np.asarray(traj["effective_rank"])
+    return {
+        "log_abs_det": np.sum(log_s, axis=1),
+        "det_sign": sign,
+        "det_sign_always_positive": bool(
+            np.all(sign > 0) and np.all(np.asarray(traj["det_from_z"])[resolvable] > 0)
+        ),
+        "erank_minus_one": em1,
+        "erank_vs_nf_effective_rank": float(np.max(np.abs(1 + em1 - svd_erank))),
+    }
+
+
 def run_depth(args, depth):
     """`log_polar_flow` from z0 until the loss reaches the target (or t_max)."""
     z0 = jnp.asarray(args.z0).reshape(2, 2)
@@ -125,10 +159,6 @@ def run_depth(args, depth):
         "frobenius_norm_final": float(np.sqrt((s_final**2).sum())),
         "effective_rank_final": float(nf.effective_rank(z_final)),
         "det_final": float(np.linalg.det(z_final)),
-        "det_sign_always_positive": bool(
-            np.all(np.asarray(traj["det_sign_from_Q"]) > 0)
-            and np.all(np.asarray(traj["det_from_z"]) > 0)
-        ),
         "max_orthogonality_drift": float(np.max(traj["orthogonality_drift"])),
         "steps": int(sol.stats["num_steps"]),
         "accepted_steps": int(sol.stats["num_accepted_steps"]),
@@ -286,6 +316,7 @@ def headline(depths, check, plain, args):
     by_depth = {}
     for d, r in depths.items():
         traj = r["trajectory"]
+        extra = derived(traj)
         loss = np.asarray(traj["loss"])
         late = loss < 1e-2  # past the initial plateau
         grows = lambda x: bool(np.all(np.diff(np.asarray(x)[late]) > 0))
@@ -300,11 +331,22 @@ def headline(depths, check, plain, args):
             "nuclear_norm_final": r["nuclear_norm_final"],
             "frobenius_norm_final": r["frobenius_norm_final"],
             "effective_rank_final": r["effective_rank_final"],
-            "det_sign_always_positive": r["det_sign_always_positive"],
+            "effective_rank_minus_one_final": float(extra["erank_minus_one"][-1]),
+            "erank_from_log_singular_values_vs_nf_effective_rank": extra[
+                "erank_vs_nf_effective_rank"
+            ],
+            "log_sigma_min_final": float(np.min(traj["log_singular_values"][-1])),
+            # ρ_max − ρ_min beyond 40N − 10: ln σ_min sits at log_polar_flow's floor (an upper
+            # bound of the exact value; z is unaffected), so erank − 1 is an upper bound too.
+            "log_sigma_min_at_floor": bool(
+                np.ptp(traj["log_singular_values"][-1]) > 40 * int(d) - 10
+            ),
+            "log_abs_det_final": float(extra["log_abs_det"][-1]),
+            "det_sign_always_positive": extra["det_sign_always_positive"],
             "norms_grow_as_loss_falls": grows(traj["abs_w11"])
             and grows(traj["nuclear_norm"])
             and grows(traj["frobenius_norm"]),
-            "effective_rank_falls": falls(traj["effective_rank"]),
+            "effective_rank_falls": falls(extra["erank_minus_one"]),
             "max_orthogonality_drift": r["max_orthogonality_drift"],
         }
     claim = all(
@@ -337,17 +379,20 @@ def plot(args, summary):
         axes[0].loglog(loss, tr["abs_w11"], "C0" + ls, label=f"|w11|, N = {d}")
         axes[0].loglog(loss, tr["nuclear_norm"], "C1" + ls, label=f"nuclear, N = {d}")
         axes[0].loglog(loss, tr["frobenius_norm"], "C2" + ls, label=f"Frobenius, N = {d}")
-        erank = np.asarray(tr["effective_rank"]) - 1
-        axes[1].loglog(loss, np.maximum(erank, 1e-17), "C3" + ls, label=f"erank − 1, N = {d}")
+        extra = derived(tr)
+        axes[1].loglog(loss, extra["erank_minus_one"], "C3" + ls, label=f"erank − 1, N = {d}")
+        ratio = np.exp(np.min(tr["log_singular_values"], 1) - np.max(tr["log_singular_values"], 1))
+        floored = summary["headline"]["by_depth"][d]["log_sigma_min_at_floor"]
+        note = f" (floored at e^-{40 * int(d)}: an upper bound there)" if floored else ""
+        axes[1].loglog(loss, ratio, "C4" + ls, label=f"σ_min/σ_max, N = {d}{note}")
     for ax in axes:
         ax.invert_xaxis()
         ax.set_xlabel("training loss")
     axes[0].set_ylabel("norm")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
-    axes[1].set_title("det z > 0 throughout" if all(
-        r["det_sign_always_positive"] for r in summary["depths"].values()
-    ) else "det z changed sign")  # fmt: skip
+    positive = all(h["det_sign_always_positive"] for h in summary["headline"]["by_depth"].values())
+    axes[1].set_title("det z > 0 throughout" if positive else "det z changed sign")
     fig.suptitle("Razin & Cohen 2020: 2 × 2 completion, balanced depth-N flow (log-polar)")
     fig.tight_layout()
     atomic_savefig(fig, args.out / "norms_vs_rank.png")
