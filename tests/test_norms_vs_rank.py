@@ -231,3 +231,56 @@ def test_razin_cohen_depth_3_keeps_det_positive_to_small_loss_with_an_implicit_s
     assert np.all(np.diff(z[:, 0, 0]) > 0) and z[-1, 0, 0] > 50
     assert float(sol.losses[-1]) < 1e-4
     assert float(nf.effective_rank(sol.zs[-1])) < 1.05
+
+
+# --- the study (`experiments/norms_vs_rank.py`): flags and its exact effective rank ------------
+
+
+@pytest.fixture(scope="module")
+def study():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    path = str(Path(__file__).resolve().parents[1] / "experiments")
+    sys.path.insert(0, path)
+    try:
+        yield importlib.import_module("norms_vs_rank")
+    finally:
+        sys.path.remove(path)
+
+
+@pytest.mark.parametrize(
+    "flags, flag, says",
+    [
+        (["--z0", "1", "0", "0", "-1"], "--z0", "must be > 0"),
+        (["--z0", "1", "0", "0"], "--z0", "expected 4"),
+        (["--depths", "1"], "--depths", "integer ≥ 2"),
+        (["--depths", "2", "2"], "--depths", "repeated"),
+        (["--depths", "2", "--check-depth", "3"], "--check-depth", "one of --depths"),
+        (["--target-loss", "0"], "--target-loss", "> 0"),
+        (["--rtol", "1"], "--rtol", "(0, 1)"),
+        (["--check-t", "1e10"], "--check-t", "below --t-max"),
+    ],
+)
+def test_study_refuses_a_bad_flag_naming_it(study, tmp_path, capsys, flags, flag, says):
+    with pytest.raises(SystemExit) as exit_info:
+        study.parse_args([*flags, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {flag}:" in message and says in message
+
+
+def test_study_erank_minus_one_matches_effective_rank_and_resolves_below_rounding(study):
+    """erank − 1 from ln σ (log-sum-exp, log1p, expm1) against `nf.effective_rank` (an SVD)
+    where the SVD resolves it (1e-13: rounding of erank ≈ 1–3), and against its first-order
+    expansion Σ_{a>1} (σ_a/σ_1)(1 − ln(σ_a/σ_1)) at σ_2/σ_1 = e^{-80}, where erank − 1 ≈ 8e-34
+    is far below what the SVD of z sees (relative 1e-6: the next order is O(e^{-80} · 80²))."""
+    log_s = np.array([[0.3, -0.2, -1.0], [2.0, -5.0, -9.0], [1.0, 0.0, 0.5]])
+    z = jax.vmap(lambda s: jnp.diag(jnp.exp(s)))(jnp.asarray(log_s))
+    np.testing.assert_allclose(
+        1 + study.erank_minus_one(log_s), nf.effective_rank(z), rtol=0, atol=1e-13
+    )
+    tiny = study.erank_minus_one(np.array([[0.0, -80.0]]))[0]
+    r = np.exp(-80.0)
+    np.testing.assert_allclose(tiny, r * (1 + 80.0), rtol=1e-6)
