@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-slow run linear depth-limit criterion relu descent bench lint docs docs-serve clean \
-	learning-times lazy-rich incremental-learning matrix-completion reproduce
+	learning-times lazy-rich incremental-learning matrix-completion norms-vs-rank reproduce
 
 install: $(STAMP)
 
@@ -81,4 +81,7 @@ incremental-learning: install
 matrix-completion: install
 	$(PY) experiments/matrix_completion.py
 
-reproduce: learning-times lazy-rich incremental-learning matrix-completion
+norms-vs-rank: install
+	$(PY) experiments/norms_vs_rank.py
+
+reproduce: learning-times lazy-rich incremental-learning matrix-completion norms-vs-rank

@@ -24,6 +24,7 @@ from ._flow import (
 )
 from ._lifting import AbstractLifting as AbstractLifting
 from ._linear import LinearNetwork as LinearNetwork
+from ._log_polar import log_polar_flow as log_polar_flow, LogPolar as LogPolar
 from ._loss import (
     LeastSquares as LeastSquares,
     MatrixCompletion as MatrixCompletion,
