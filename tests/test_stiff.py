@@ -51,9 +51,8 @@ def test_stiff_solver_follows_saxe_closed_form_through_a_stiff_flow(stiff_soluti
     assert err.max() < 1e-5, err.max()
     offdiag = np.asarray(sol.zs) * (1.0 - np.eye(4))
     assert np.abs(offdiag).max() < 1e-12
-    # Stiffness: Tsit5's stability interval is ≈ 3.5 on the negative real axis, so a
-    # stable explicit step is ≤ 3.5/200 here once the fast mode is learned (t ≳ 0.05): at
-    # least 5.7e4 steps to T. The implicit steps follow accuracy instead.
+    # L-stability: the mean step (≥ T/2000 = 0.5) is ≥ 28× Tsit5's stability bound
+    # 3.5/200 for the learned fast mode (rate 2s = 200); the steps follow accuracy only.
     assert int(sol.stats["num_steps"]) < 2_000
 
 
