@@ -8,7 +8,7 @@ import pytest
 from node_flow.criterion import conservation_laws, liftings, two_layer_conservation_laws
 
 
-@pytest.mark.parametrize("widths", [(4, 4, 4), (5, 3, 4)])
+@pytest.mark.parametrize("widths", [(4, 4, 4), pytest.param((5, 3, 4), marks=pytest.mark.slow)])
 def test_structured_count_matches_the_dense_trace_and_the_closed_form(widths):
     phi = liftings.deep_linear(widths)
     theta = phi.sample(jax.random.key(1))
