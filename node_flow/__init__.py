@@ -38,6 +38,7 @@ from ._solution import (
     FlowSolution as FlowSolution,
     RESULTS as RESULTS,
 )
+from ._stiff import stiff_solver as stiff_solver
 from ._sweep import sweep as sweep, SweepResult as SweepResult
 
 

@@ -17,6 +17,7 @@ from ._conservation import (
     conservation_laws as conservation_laws,
     ConservationLaws as ConservationLaws,
     num_conservation_laws as num_conservation_laws,
+    two_layer_conservation_laws as two_layer_conservation_laws,
 )
 from ._inclusion import kernel_inclusion as kernel_inclusion, KernelInclusion as KernelInclusion
 from ._lie import lie_trace as lie_trace, LieTrace as LieTrace

@@ -33,8 +33,9 @@ class LieTrace(eqx.Module):
     - `num_conservation_laws`: $D - \dim \mathrm{Lie}(\theta)$, the number of independent
       conservation laws near θ.
     - `rank_jacobian`: $\operatorname{rank} \partial\varphi(\theta)$ (the depth-1 span).
-    - `basis`: a $D \times \dim$ orthonormal basis, in the order it was found: the first
-      `rank_jacobian` columns span the rows of $\partial\varphi(\theta)$, the others are
+    - `basis`: a $D \times \dim$ orthonormal basis (`None` from the structured count of
+      [`node_flow.criterion.two_layer_conservation_laws`][]), in the order it was found: the
+      first `rank_jacobian` columns span the rows of $\partial\varphi(\theta)$, the others are
       orthogonal to them and so span $\ker\partial\varphi(\theta) \cap \mathrm{Lie}(\theta)$.
     - `dims`: the dimension of the span after each bracket depth $1, 2, \dots$
     - `gaps`: the singular-value gap behind the rank decision at each depth
@@ -56,7 +57,7 @@ class LieTrace(eqx.Module):
     num_params: int
     num_conservation_laws: int
     rank_jacobian: int
-    basis: Float[Array, "D k"]
+    basis: Float[Array, "D k"] | None
     dims: tuple[int, ...]
     gaps: Float[Array, " depths"]
     decided: bool
