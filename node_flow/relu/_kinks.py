@@ -17,9 +17,15 @@ _RATE_RTOL = 1e-9
 _GATE_SLACK = 1e-7
 
 
+# The smallest non-zero capacity: one compiled solve covers 1 to 4 sliding entries (the
+# padding costs a few more tangents per step; each extra capacity costs a compilation).
+_MIN_CAPACITY = 4
+
+
 def capacity(count: int) -> int:
-    """Sliding-set capacity: the next power of two, so a solve compiles a few times only."""
-    return 0 if count == 0 else 1 << (count - 1).bit_length()
+    """Sliding-set capacity: 0, or the next power of two from `_MIN_CAPACITY` on, so a solve
+    compiles a few times only."""
+    return 0 if count == 0 else max(_MIN_CAPACITY, 1 << (count - 1).bit_length())
 
 
 @dataclasses.dataclass
