@@ -14,10 +14,11 @@ a balanced network aligned with the target's singular vectors is a scalar $u$ wi
   $c = |\lambda|/2$, $r = \sqrt{s^2 + c^2}$.
 
 The flows are node_flow's intrinsic flows (`kernels.balanced`, `kernels.relaxed_balanced`),
-batched with `node_flow.sweep`; the time each mode reaches $s/2$ is root-found by a diffrax event
-on the projection $u_\alpha^\top z\, v_\alpha - s_\alpha / 2$. A full matrix case (distinct target
-singular values, random frames) checks that each mode follows its own scalar law, and the
-parameter flow of the same network (`gradient_flow`) is compared with the intrinsic flow.
+batched with `node_flow.sweep`; the time each mode reaches $s/2$ is found by `nf.crossing_time`
+on the dense output of the flow (`dense=True`), for the projection $u_\alpha^\top z\, v_\alpha$.
+A full matrix case (distinct target singular values, random frames) checks that each mode
+follows its own scalar law, and the parameter flow of the same network (`gradient_flow`) is
+compared with the intrinsic flow.
 
 Run: `make learning-times`, or `python experiments/learning_times.py --help`.
 """
@@ -37,11 +38,9 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optimistix as optx  # noqa: E402
 from _study import check_out, distinct, finite, integer, positive, tolerance  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 from jaxtyping import Array, Float  # noqa: E402
@@ -120,32 +119,25 @@ def whitened_loss(target):
     return nf.LeastSquares(jnp.sqrt(n) * jnp.eye(n, dtype=target.dtype), jnp.sqrt(n) * target)
 
 
-@eqx.filter_jit
-def crossing_solve(z0, loss, kernel, event, t1, rtol, atol):
-    r"""Integrate $\dot z = -K(z)[\nabla\ell(z)]$ until `event(t, z)` changes sign, the
-    time root-found (Newton) on the solver's dense interpolant. Returns
-    `(t_stop, crossed, result, num_steps)`.
+# The solve stops once the mode is past this multiple of the timed level (a boolean event at a
+# step end, no root finding): the crossing itself is then found on the dense output.
+STOP_BEYOND = 1.5
 
-    The flows' own real-valued `event` option lands with `node_flow.crossing_time` (branch
-    `core`); until then this is the study's own diffrax solve of the same vector field."""
-    term = diffrax.ODETerm(lambda t, z, args: -kernel(z, jax.grad(loss)(z)))
-    stop = diffrax.Event(
-        lambda t, y, args, **kw: event(t, y), root_finder=optx.Newton(rtol=1e-10, atol=1e-12)
-    )
-    sol = diffrax.diffeqsolve(
-        term,
-        diffrax.Tsit5(),
-        0.0,
-        t1,
-        None,
-        z0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=stop,
-        saveat=diffrax.SaveAt(t1=True),
-        max_steps=MAX_STEPS,
-        throw=False,
-    )
-    return sol.ts[-1], sol.event_mask, sol.result, sol.stats["num_steps"]
+
+@eqx.filter_jit
+def crossing_solve(z0, loss, kernel, mode, t1, rtol, atol):
+    r"""Integrate $\dot z = -K(z)[\nabla\ell(z)]$ with `nf.intrinsic_flow(..., dense=True)`,
+    stopping once the mode is past `STOP_BEYOND` × its level, and find the first time
+    $u^\top z(t)\, v$ reaches the level with `nf.crossing_time` (bisection on the solver's
+    dense interpolant to 1e-12 relative). Returns `(t_cross, crossed, result, num_steps)`."""
+    past = ModeCrossing(mode.u, mode.v, STOP_BEYOND * mode.level)
+    sol = nf.intrinsic_flow(
+        z0, loss, kernel, t1, rtol=rtol, atol=atol, max_steps=MAX_STEPS, dense=True,
+        throw=False, event=lambda t, z: past(t, z) >= 0,
+    )  # fmt: skip
+    strength = lambda z: mode.u @ z @ mode.v
+    t, crossed = nf.crossing_time(sol, strength, mode.level, full_output=True)
+    return t, crossed, sol.result, sol.stats["num_steps"]
 
 
 def scalar_crossing(kernel, tol):

@@ -69,7 +69,7 @@ def _field_cases():
     return cases
 
 
-@pytest.mark.parametrize("depth", [2, 3, pytest.param(5, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("depth", [2] + [pytest.param(d, marks=pytest.mark.slow) for d in (3, 5)])
 def test_log_polar_field_maps_to_the_balanced_kernel_velocity(depth):
     """d/dt [Q expm(S)] along the field equals −K_N(z)[∇ℓ] of `kernels.balanced`, for
     generic, repeated-singular-value and nearly singular z. Both sides are computed to
@@ -191,9 +191,9 @@ def test_depth_3_modes_follow_the_deep_law_by_quadrature():
     """σ' = 3σ^{4/3}(s − σ) (Saxe et al. 2014, eq. 15 with N = 3) from a diagonal start: the
     time to reach each saved σ(t_k), by composite Gauss–Legendre quadrature of
     dt = dσ/(3σ^{4/3}(s − σ)) in x = ln σ (converged to ~1e-14), equals t_k to 1e-8 (the
-    solve's rtol is 1e-11, over ≲ 30 time constants)."""
-    s, z0 = np.array([2.0, 0.5]), np.array([1e-2, 3e-2])
-    ts = jnp.linspace(0.0, 30.0, 7)
+    solve's rtol is 1e-11; the time of a measured σ amplifies its error by σ/(tσ') ≲ 10)."""
+    s, z0 = np.array([1.0, 0.5]), np.array([1e-2, 3e-2])
+    ts = jnp.linspace(0.0, 4.0, 5)
     sol = nf.log_polar_flow(
         jnp.diag(jnp.asarray(z0)),
         Masked(jnp.ones((2, 2)), jnp.diag(jnp.asarray(s))),
@@ -205,6 +205,8 @@ def test_depth_3_modes_follow_the_deep_law_by_quadrature():
         atol=1e-13,
     )
     u = np.asarray(jnp.diagonal(sol.zs, axis1=1, axis2=2))
+    # Before convergence (σ ≤ 0.95 s): the integrand's 1/(s − σ) stays resolved.
+    assert np.all(u[-1] < 0.95 * s) and np.all(u[-1] > 2 * z0)
     x, w = np.polynomial.legendre.leggauss(40)
     for a in range(2):
         for k in range(1, len(ts)):
