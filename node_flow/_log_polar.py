@@ -75,9 +75,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_real, check_times, is_concrete
+from ._checks import check_finite, check_real, is_concrete
 from ._custom_types import Loss, ScalarLike
-from ._flow import _check_event, as_float, check_scalar_loss, flow_options
+from ._flow import check_scalar_loss, flow_options
 from ._integrate import finish, integrate
 from ._solution import FlowSolution
 from .kernels._neural_ode import _sinhc
@@ -286,6 +286,7 @@ def log_polar_flow(
     max_steps: int | None = 100_000,
     blowup: ScalarLike = 1e8,
     event: Callable[[Any, Any], Any] | None = None,
+    target_loss: ScalarLike | None = None,
     throw: bool = True,
     dense: bool = False,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
@@ -342,19 +343,10 @@ def log_polar_flow(
         )
     check_finite(f"{fname}: z0", z0)
     depth = _check_depth(fname, depth)
-    _check_event(fname, event)
-    ts = check_times(fname, t0, t1, ts)
-    options = flow_options(
-        fname, rtol=rtol, atol=atol, time_scale=time_scale, solver=solver,
-        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0,
-        max_steps=max_steps, blowup=blowup, progress_meter=progress_meter, dense=dense,
-    )  # fmt: skip
+    options, ts, t0, t1, scale = flow_options(fname, locals())
     check_scalar_loss(fname, loss, jax.ShapeDtypeStruct(z0.shape, z0.dtype))
     _check_full_rank(fname, z0)
     start = LogPolar.from_matrix(z0)
     y0 = jnp.concatenate([start.Q.ravel(), start.S.ravel()])
-    t0, t1 = as_float(t0), as_float(t1)
-    raw, states, to_matrix = _log_polar_core(
-        y0, loss, depth, event, as_float(time_scale), t0, t1, ts, options
-    )
+    raw, states, to_matrix = _log_polar_core(y0, loss, depth, event, scale, t0, t1, ts, options)
     return finish(fname, raw, states, to_matrix, t0, t1, throw)
