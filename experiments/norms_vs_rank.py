@@ -143,7 +143,7 @@ def run_depth(args, depth):
     jax.block_until_ready(sol.zs)
     seconds = time.time() - start
     reached = bool(sol.result == nf.RESULTS.event_occurred)
-    failed = None if reached or sol.result == nf.RESULTS.successful else str(sol.result)
+    failed = None if reached or sol.result == nf.RESULTS.successful else nf.RESULTS[sol.result]
     traj = trajectory(sol)
     t_final = float(sol.t_final)
     z_final = np.asarray(sol.evaluate(sol.t_final))
@@ -225,7 +225,7 @@ def plain_flow_artifact(args):
         "rtol": 1e-10,
         "atol": 1e-13,
         "t_end": args.plain_t,
-        "result": str(sol.result),
+        "result": nf.RESULTS[sol.result],
         "first_save_with_det_le_0": float(ts[crossed[0]]) if crossed.size else None,
         "det_end": float(det[-1]),
         "w11_end": float(sol.zs[-1, 0, 0]),
