@@ -6,11 +6,13 @@ change of the loss along it, and the loss) and a `save` module ($y \mapsto$ what
 at the save times), then call [`integrate`][], a single jit-compiled function that
 
 - appends to the state the *ascent* $a(t) = \int_{t_0}^t \max(0, \dot\ell)\,ds$, the
-  total increase of the loss (zero for a descent flow, up to rounding);
-- picks the first step from the vector field (Hairer, Nørsett & Wanner, *Solving ODEs I*,
-  §II.4), stops on a non-finite or exploding state or on an ascent beyond the solver
-  tolerance (one boolean event), and guards the step-size controller so that a
-  non-finite trial step shrinks the step instead of poisoning it with NaN;
+  total increase of the loss (zero for a descent flow, up to rounding): the solver state
+  is one flat vector $(y, a)$ (one leaf: every solver operation is one array operation,
+  which keeps the compiled program small);
+- picks the first step from $f(y_0)$ (Hairer, Nørsett & Wanner's first estimate), stops
+  on a non-finite or exploding state or on an ascent beyond the solver tolerance (one
+  boolean event), and guards the step-size controller so that a non-finite trial step
+  shrinks the step instead of poisoning it with NaN;
 - stops, if asked, when the loss reaches `target_loss` or on a user `event`, the time
   located by bisection on the step's interpolant (`_EventBisection`);
 - solves with `diffrax.diffeqsolve` and classifies the outcome as a
@@ -67,6 +69,17 @@ class Options(eqx.Module):
     progress_meter: diffrax.AbstractProgressMeter
     max_steps: int = eqx.field(static=True)
     dense: bool = eqx.field(static=True)
+
+
+class StateToY(eqx.Module):
+    """The flat solver state $(y, a)$ ↦ $y$ in its shape, then ↦ $z$ by `lift` if given."""
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    lift: Callable | None = None
+
+    def __call__(self, state):
+        y = jnp.reshape(state[:-1], self.shape)
+        return y if self.lift is None else self.lift(y)
 
 
 class _FiniteGuard(diffrax.AbstractAdaptiveStepSizeController):
@@ -153,25 +166,19 @@ class _EventBisection(optx.AbstractRootFinder):
         return y, aux, {}
 
 
-def _initial_step(f, state0, f0, t0, t1, rtol, atol, order):
-    """Hairer–Nørsett–Wanner's starting step from f0 = f(y0) and one more evaluation,
-    clipped to [.., t1 − t0]; a non-finite trial falls back to the first estimate h0."""
-    rms = lambda x: jnp.sqrt(jnp.mean(jnp.concatenate([jnp.ravel(v) ** 2 for v in x])))
-    scale = jax.tree.map(lambda y: atol + rtol * jnp.abs(y), state0)
-    over = lambda a: jax.tree.map(lambda x, s: x / s, a, scale)
-    leaves = lambda a: jax.tree.leaves(over(a))
-    d0, d1 = rms(leaves(state0)), rms(leaves(f0))
-    small = (d0 < 1e-5) | (d1 < 1e-5)
+def _first_step(state0, f0, t0, t1, rtol, atol):
+    r"""The first step: Hairer–Nørsett–Wanner's first estimate $h_0 = 0.01\,d_0/d_1$
+    (*Solving ODEs I*, §II.4), $d_0$, $d_1$ the scaled RMS norms of $y_0$ and $f(y_0)$
+    ($10^{-6}$ when either is below $10^{-5}$), clipped to $t_1 - t_0$. It needs only
+    $f(y_0)$, which the core evaluates anyway: their refinement by a second evaluation
+    would compile the vector field once more, and the controller corrects the step within
+    a few steps. Finite and positive whenever $f(y_0)$ is finite."""
+    scale = atol + rtol * jnp.abs(state0)
+    d0 = jnp.sqrt(jnp.mean((state0 / scale) ** 2))
+    d1 = jnp.sqrt(jnp.mean((f0 / scale) ** 2))
+    small = (d0 < 1e-5) | (d1 < 1e-5) | ~jnp.isfinite(d1)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
-    f1 = f(jax.tree.map(lambda y, v: y + h0 * v, state0, f0))
-    d2 = rms(leaves(jax.tree.map(lambda a, b: a - b, f1, f0))) / h0
-    dmax = jnp.maximum(d1, d2)
-    h1 = jnp.where(
-        dmax <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / dmax) ** (1.0 / (order + 1))
-    )
-    h = jnp.minimum(100 * h0, h1)
-    h = jnp.where(jnp.isfinite(h) & (h > 0), h, h0)
-    return jax.lax.stop_gradient(jnp.minimum(h, t1 - t0))
+    return jax.lax.stop_gradient(jnp.minimum(h0, t1 - t0))
 
 
 def _controller(options, t0, t1):
@@ -198,28 +205,28 @@ def _valid_times(t0, t1, ts):
     return ok, t0s, t1s, jnp.where(ok, jnp.clip(ts, t0s, t1s), t1s)
 
 
-def _num_vf_evals(solver, num_steps, initial, first_rejections):
+def _num_vf_evals(solver, num_steps, first_rejections):
     """Runge–Kutta: every stage of every step, less the first stage of FSAL steps after
-    the first accepted one, plus the evaluations of the initial-step selection."""
+    the first accepted one, plus the core's own evaluation at y0."""
     if isinstance(solver, diffrax.AbstractRungeKutta) and isinstance(
         solver.tableau, diffrax.ButcherTableau
     ):
         fsal = int(solver.tableau.fsal)
         stages = solver.tableau.num_stages
-        return num_steps * (stages - fsal) + fsal * (1 + first_rejections) + initial
+        return num_steps * (stages - fsal) + fsal * (1 + first_rejections) + 1
     return -1 + 0 * num_steps
 
 
 def _stop_event(blowup, scale0, ascent_tol):
     def stop(t, y, args, **kwargs):  # diffrax passes `y` by keyword
-        y, ascent = y
+        y, ascent = y[:-1], y[-1]
         blown = jnp.any(~jnp.isfinite(y)) | (jnp.max(jnp.abs(y)) > blowup * scale0)
         return blown | ~(ascent <= ascent_tol)
 
     return stop
 
 
-def _conditions(options, save, loss0, ascent_tol, scale0):
+def _conditions(options, save, unflat, loss0, ascent_tol, scale0):
     """The event conditions: the boolean stop, then `target_loss` (reached at the start;
     crossed during a step), then the user's event. Returns (conditions, root finder)."""
     conds = (_stop_event(options.blowup, scale0, ascent_tol),)
@@ -228,10 +235,10 @@ def _conditions(options, save, loss0, ascent_tol, scale0):
         at_start = loss0 <= target
         conds = conds + (
             lambda t, y, args, **kw: at_start,
-            lambda t, y, args, **kw: save(y[0])["losses"] - target,
+            lambda t, y, args, **kw: save(unflat(y))["losses"] - target,
         )
     if options.event is not None:
-        conds = conds + (lambda t, y, args, **kw: options.event(t, y[0]),)
+        conds = conds + (lambda t, y, args, **kw: options.event(t, unflat(y)),)
     real = options.event is not None or options.target_loss is not None
     return conds, _EventBisection(rtol=_EVENT_RTOL, atol=0.0) if real else None
 
@@ -268,24 +275,24 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     """Solve $\\dot y = $ `field(y)[0]` on [t0, t1] with the ascent monitor; returns
     (ts, saved pytree at ts, t_final, stats, result, interpolation or None)."""
     ok_times, t0, t1, ts = _valid_times(t0, t1, ts)
-    f = lambda state: (lambda dy, rate, _: (dy, jnp.maximum(rate, 0.0)))(*field(state[0]))
+    unflat = StateToY(y0.shape)
+    augment = lambda dy, rate: jnp.concatenate([jnp.ravel(dy), jnp.maximum(rate, 0.0)[None]])
+    f = lambda state: (lambda dy, rate, _: augment(dy, rate))(*field(unflat(state)))
     dy0, rate0, loss0 = field(y0)
-    state0 = (y0, jnp.zeros((), y0.dtype))
-    f0 = (dy0, jnp.maximum(rate0, 0.0))
-    bad_start = ~(jnp.all(jnp.isfinite(dy0)) & jnp.isfinite(rate0) & jnp.isfinite(loss0))
+    state0 = jnp.concatenate([jnp.ravel(y0), jnp.zeros((1,), y0.dtype)])
+    f0 = augment(dy0, rate0)
+    bad_start = ~(jnp.all(jnp.isfinite(f0)) & jnp.isfinite(loss0))
     controller, adaptive = _controller(options, t0, t1)
-    dt0, initial = options.dt0, 1
+    dt0 = options.dt0
     if dt0 is None and adaptive:
-        order = options.solver.order(diffrax.ODETerm(lambda t, y, a: y))
-        dt0 = _initial_step(f, state0, f0, t0, t1, options.rtol, options.atol, order or 1)
-        initial = 2
+        dt0 = _first_step(state0, f0, t0, t1, options.rtol, options.atol)
     ascent_tol = _ASCENT_FACTOR * (options.atol + options.rtol * jnp.abs(loss0))
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
-    conds, root = _conditions(options, save, loss0, ascent_tol, scale0)
+    conds, root = _conditions(options, save, unflat, loss0, ascent_tol, scale0)
     saveat = diffrax.SaveAt(
         subs=[
-            diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(state[0])),
-            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: (t, state[1])),
+            diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(unflat(state))),
+            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: (t, state[-1])),
         ],
         dense=options.dense,
         controller_state=adaptive,
@@ -307,7 +314,9 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     )
     saved, (t_final, ascent) = sol.ys
     num_steps = sol.stats["num_steps"]
-    sol_ts, saved = _saves_at_start(sol.ts[0], saved, ts, t0, num_steps, save, y0)
+    sol_ts = sol.ts[0]
+    if options.target_loss is not None:  # the only event that can stop at t0 with success
+        sol_ts, saved = _saves_at_start(sol_ts, saved, ts, t0, num_steps, save, y0)
     losses = saved["losses"]
     result = _classify(sol, sol.result, ok_times, bad_start, ascent_tol, ascent[0], losses)
     first_rejections = sol.controller_state[2] if adaptive else 0
@@ -315,9 +324,9 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         "num_steps": num_steps,
         "num_accepted_steps": sol.stats["num_accepted_steps"],
         "num_rejected_steps": sol.stats["num_rejected_steps"],
-        "num_vf_evals": _num_vf_evals(options.solver, num_steps, initial, first_rejections),
+        "num_vf_evals": _num_vf_evals(options.solver, num_steps, first_rejections),
     }
-    interpolation = sol.interpolation if options.dense else None
+    interpolation = (sol.interpolation, unflat) if options.dense else None
     target_reached = None
     if options.target_loss is not None:
         target_reached = (sol.event_mask[1] | sol.event_mask[2]) & is_ok(result)
@@ -390,7 +399,8 @@ def raise_or_guard(fname: str, outputs: PyTree, result, where: str, throw: bool)
 def finish(fname, raw, models, lift, t0, t1, throw) -> FlowSolution:
     """A [`node_flow.FlowSolution`][] from `integrate`'s output, checked (see
     `raise_or_guard`)."""
-    ts, saved, t_final, stats, result, interpolation, target_reached = raw
+    ts, saved, t_final, stats, result, dense, target_reached = raw
+    interpolation, to_y = (None, None) if dense is None else dense
     outputs = (ts, saved["zs"], saved["losses"], models, t_final)
     if not result.is_traced() and throw:
         where = (
@@ -409,6 +419,6 @@ def finish(fname, raw, models, lift, t0, t1, throw) -> FlowSolution:
         result=result,
         t_final=t_final,
         interpolation=interpolation,
-        lift=lift if interpolation is not None else None,
+        lift=None if to_y is None else StateToY(to_y.shape, lift),
         target_reached=target_reached,
     )

@@ -53,15 +53,16 @@ class FlowSolution(eqx.Module):
       every array (index it with `jax.tree.map(lambda x: x[i], sol.models)`); `None` for
       [`node_flow.intrinsic_flow`][] and with `save_models=False`.
     - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps` and `num_vf_evals`
-      (vector-field evaluations, counting the one or two of the initial-step selection:
-      `num_steps × (stages − fsal) + fsal` + those for Runge–Kutta solvers, `-1` when
+      (vector-field evaluations, counting the core's own one at $y_0$:
+      `num_steps × (stages − fsal) + fsal + 1` (plus an FSAL re-evaluation per step
+      rejected before the first accepted one) for Runge–Kutta solvers, `-1` when
       unknown).
     - `result`: a [`node_flow.RESULTS`][]; `RESULTS.successful` unless the solve failed
       (only seen with `throw=False`) or an `event` stopped it.
     - `t_final`: the time at which the solve stopped (`t1`, or the event time).
     - `interpolation`: the solver's dense output (`dense=True`), else `None`; use
       [`node_flow.FlowSolution.evaluate`][].
-    - `lift`: maps the solver state to $z$ for `evaluate` (`None`: the state is $z$).
+    - `lift`: maps the solver state (a flat vector) to $z$ for `evaluate`.
     - `target_reached`: with `target_loss`, whether the solve stopped because the loss
       reached it (then `result` is `RESULTS.event_occurred` and `t_final` the first time
       $\ell \le$ `target_loss`); `None` without `target_loss`.
@@ -93,8 +94,8 @@ class FlowSolution(eqx.Module):
                 "with `dense=True` (e.g. `gradient_flow(..., dense=True)`) to evaluate "
                 "z(t) between save times."
             )
-        y = self.interpolation.evaluate(t)[0]
-        return y if self.lift is None else self.lift(y)
+        state = self.interpolation.evaluate(t)
+        return state if self.lift is None else self.lift(state)
 
 
 class DescentSolution(eqx.Module):
