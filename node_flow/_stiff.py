@@ -27,6 +27,8 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
+from ._checks import CountLike, ScaleLike
+
 
 def _stop_gradient(tree: PyTree) -> PyTree:
     """`lax.stop_gradient` of the array leaves only: a linearised operator also holds a
@@ -130,12 +132,12 @@ _KVAERNO = {3: diffrax.Kvaerno3, 4: diffrax.Kvaerno4, 5: diffrax.Kvaerno5}
 
 
 def stiff_solver(
-    order: int = 5,
+    order: CountLike = 5,
     *,
-    krylov_rtol: float = 1e-4,
-    restart: int = 30,
-    krylov_max_steps: int = 300,
-    newton_max_steps: int = 10,
+    krylov_rtol: ScaleLike = 1e-4,
+    restart: CountLike = 30,
+    krylov_max_steps: CountLike = 300,
+    newton_max_steps: CountLike = 10,
 ) -> diffrax.AbstractImplicitSolver:
     r"""An L-stable implicit solver for stiff flows with a matrix-free Newton–Krylov step.
 
