@@ -2,13 +2,14 @@
 (`docs/examples/*.py`, jupytext percent scripts) run without error in their fast mode
 (`NODE_FLOW_FAST=1`).
 
-They run in ONE subprocess (`_RUNNER` below), one after the other with `runpy`, so that
-JAX, node_flow and matplotlib are imported once (about 4 s each time on this CPU) and
-every example still starts from a fresh namespace. The README block runs first, in the
-fresh interpreter, exactly as a user would paste it. The process gets four host devices
-(`XLA_FLAGS`) because the sweep example needs them before JAX starts. Warnings are errors
-inside the runner, as in the test suite. The examples check their own claims with
-`assert`s (z of the two flows agree to solver tolerance, fitted rates near −1, the
+The examples run in ONE subprocess (`_RUNNER` below), one after the other with `runpy`,
+so that JAX, node_flow and matplotlib are imported once (about 4 s each time on this CPU)
+and every example still starts from a fresh namespace; they are marked `slow` (about 90 s
+of CPU; `make docs` executes them again, strictly). The README block runs in its own
+fresh interpreter, exactly as a user would paste it, in `make test`. The process gets
+four host devices (`XLA_FLAGS`) because the sweep example needs them before JAX starts.
+Warnings are errors inside the runner, as in the test suite. The examples check their
+own claims with `assert`s (z of the two flows agree to solver tolerance, fitted rates near −1, the
 criterion's verdicts), so running them is a test of those claims too.
 """
 
@@ -57,19 +58,14 @@ def readme_quickstart() -> str:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Run the README quick-start then every example in one fast-mode subprocess."""
-    tmp = tmp_path_factory.mktemp("examples")
-    readme = tmp / "readme_quickstart.py"
-    readme.write_text(readme_quickstart())
+def _run(tmp, paths):
+    """Run `paths` one after the other in one fast-mode subprocess; its report."""
     report = tmp / "report.json"
     env = dict(os.environ, NODE_FLOW_FAST="1", MPLBACKEND="Agg")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    paths = [str(readme)] + [str(p) for p in EXAMPLES]
     proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(report), *paths],
+        [sys.executable, "-c", _RUNNER, str(report), *map(str, paths)],
         cwd=tmp,  # examples write nothing into the repository
         env=env,
         capture_output=True,
@@ -77,7 +73,22 @@ def runs(tmp_path_factory):
         timeout=900,
     )
     done = json.loads(report.read_text()) if report.exists() else {}
-    return {"proc": proc, "done": done, "readme": str(readme)}
+    return {"proc": proc, "done": done}
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README quick-start, pasted into a fresh interpreter."""
+    tmp = tmp_path_factory.mktemp("readme")
+    readme = tmp / "readme_quickstart.py"
+    readme.write_text(readme_quickstart())
+    return dict(_run(tmp, [readme]), readme=str(readme))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every example, in one fast-mode subprocess."""
+    return _run(tmp_path_factory.mktemp("examples"), EXAMPLES)
 
 
 def _check(runs, path):
@@ -87,8 +98,8 @@ def _check(runs, path):
     assert entry["error"] is None, f"{path} failed in fast mode:\n{entry['error']}"
 
 
-def test_readme_quickstart_runs_as_pasted(runs):
-    _check(runs, runs["readme"])
+def test_readme_quickstart_runs_as_pasted(readme_run):
+    _check(readme_run, readme_run["readme"])
 
 
 def test_readme_quickstart_is_short():
@@ -97,6 +108,7 @@ def test_readme_quickstart_is_short():
     assert len(lines) <= 14, f"the README quick-start has {len(lines)} lines"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_in_fast_mode(runs, example):
     _check(runs, str(example))
