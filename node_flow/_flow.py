@@ -81,6 +81,7 @@ def flow_options(fname: str, args: dict[str, Any]) -> tuple[Options, Any, Any, A
         progress_meter=args["progress_meter"],
         max_steps=args["max_steps"],
         dense=bool(args["dense"]),
+        save_end=args["ts"] is None,
     )
     return options, ts, as_float(t0), as_float(t1), as_float(args["time_scale"])
 
@@ -241,7 +242,8 @@ def gradient_flow(
       `.target_reached` is true and `.t_final` is that time (located as an event's; `t0`
       when $\ell(z_0) \le \ell^\star$). It costs one loss evaluation per step. With a
       user `event` too, the first of the two stops the solve (if both occur within one
-      solver step, the target's time is taken). Save times after the stop hold `inf`.
+      solver step, the target's time is taken). Save times after the stop hold `inf`;
+      without `ts`, the last save is the stopping point.
     - `throw`: raise a `FlowError` naming the failure; with `throw=False` the failure is
       reported in `.result`.
     - `save_models`: keep the parameters at every save time (`.models`); `False` keeps

@@ -69,6 +69,9 @@ class Options(eqx.Module):
     progress_meter: diffrax.AbstractProgressMeter
     max_steps: int = eqx.field(static=True)
     dense: bool = eqx.field(static=True)
+    # No `ts` given: the last save is where the solve ends (t1, or the stop time of an
+    # event or `target_loss`), not an `inf` placeholder.
+    save_end: bool = eqx.field(static=True, default=False)
 
 
 class StateToY(eqx.Module):
@@ -289,10 +292,11 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     ascent_tol = _ASCENT_FACTOR * (options.atol + options.rtol * jnp.abs(loss0))
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
     conds, root = _conditions(options, save, unflat, loss0, ascent_tol, scale0)
+    _end = lambda t, state: (t, state[-1], save(unflat(state)) if options.save_end else None)
     saveat = diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(unflat(state))),
-            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: (t, state[-1])),
+            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: _end(t, state)),
         ],
         dense=options.dense,
         controller_state=adaptive,
@@ -312,7 +316,7 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         throw=False,
         progress_meter=options.progress_meter,
     )
-    saved, (t_final, ascent) = sol.ys
+    saved, (t_final, ascent, end) = sol.ys
     num_steps = sol.stats["num_steps"]
     sol_ts = sol.ts[0]
     if options.target_loss is not None:  # the only event that can stop at t0 with success
@@ -326,6 +330,9 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         "num_rejected_steps": sol.stats["num_rejected_steps"],
         "num_vf_evals": _num_vf_evals(options.solver, num_steps, first_rejections),
     }
+    if options.save_end:  # after _classify: it reads the save grid as diffrax left it
+        sol_ts = sol_ts.at[-1].set(t_final[0])
+        saved = jax.tree.map(lambda a, b: a.at[-1].set(b[0]), saved, end)
     interpolation = (sol.interpolation, unflat) if options.dense else None
     target_reached = None
     if options.target_loss is not None:

@@ -47,6 +47,8 @@ class FlowSolution(eqx.Module):
     **Fields:**
 
     - `ts`: the save times; entries after a terminating event are `inf` (as in diffrax).
+      Without `ts` given to the flow they are $[t_0, t_{\mathrm{final}}]$: the last save is
+      where the solve ended (`t1`, an event or `target_loss`).
     - `zs`: the lifted variable $z(t)$ at `ts` (leading time axis).
     - `losses`: $\ell(z(t))$ at `ts`.
     - `models`: for [`node_flow.gradient_flow`][], the model with a leading time axis on

@@ -65,6 +65,14 @@ def test_target_loss_stops_both_flows_at_the_closed_form_time():
         # the loss at the stop time, from the dense output (independent of the root find)
         z_stop = param.evaluate(param.t_final)
         assert float(loss(z_stop)) <= target * (1 + 1e-6)
+        # without `ts` the last save is the stopping point: z* of the closed form, to the
+        # solver's global error (10 rtol |z*|, as in `_time_bound`) plus the speed times
+        # the time error
+        z_star, _, speed = _closed_form(target)
+        for sol in (param, intr):
+            assert float(sol.ts[-1]) == float(sol.t_final)
+            bound = 10 * TOL["rtol"] * z_star + speed * _time_bound(target)
+            assert abs(float(sol.zs[-1].squeeze()) - z_star) <= bound
     start = nf.gradient_flow(net, loss, 20.0, target_loss=10.0, dense=True, **TOL)
     assert bool(start.target_reached) and float(start.t_final) == 0.0
     assert float(start.ts[0]) == 0.0 and float(start.losses[0]) == float(loss(z0))
