@@ -51,6 +51,17 @@ def completion_problem(n, rank, observed, seed):
     return nf.MatrixCompletion(rows, cols, truth[rows, cols], (n, n)), truth
 
 
+def final_record(sol):
+    """What a sweep keeps of one flow: its end point, loss, cost and result."""
+    return {
+        "z": sol.zs[-1],
+        "loss": sol.losses[-1],
+        "steps": sol.stats["num_steps"],
+        "nfev": sol.stats["num_vf_evals"],
+        "result": sol.result,
+    }
+
+
 def completion_fn(loss, n, depth, T):
     """config {key, scale} ↦ final z, loss, steps, result of the balanced network's flow."""
 
@@ -59,13 +70,7 @@ def completion_fn(loss, n, depth, T):
         sol = nf.gradient_flow(
             net, loss, T, rtol=1e-6, atol=1e-9, max_steps=20_000, throw=False, save_models=False
         )
-        return {
-            "z": sol.zs[-1],
-            "loss": sol.losses[-1],
-            "steps": sol.stats["num_steps"],
-            "nfev": sol.stats["num_vf_evals"],
-            "result": sol.result,
-        }
+        return final_record(sol)
 
     return fn
 
@@ -81,13 +86,7 @@ def residual_fn(n, depth, T, seed):
         sol = nf.gradient_flow(
             nf.ResidualLinearNetwork(A), loss, T, rtol=1e-8, atol=1e-8, throw=False
         )
-        return {
-            "z": sol.zs[-1],
-            "loss": sol.losses[-1],
-            "steps": sol.stats["num_steps"],
-            "nfev": sol.stats["num_vf_evals"],
-            "result": sol.result,
-        }
+        return final_record(sol)
 
     return fn
 
