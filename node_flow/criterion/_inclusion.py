@@ -158,6 +158,48 @@ def _verdict(residual, tolerance, gap, min_gap, converged, max_depth, rank_J, ra
     return holds, reason
 
 
+def _intersection_with_conserved(problem, J, norm_J, conserved, tolerance, rtol, name):
+    """An orthonormal basis V of ker ∂φ ∩ ker ∂h for known conserved quantities h (checked
+    to be conserved first), the rank of ∂φ and the smallest singular gap of the decisions."""
+    h, _ = problem.flat(conserved, name, "conserved")
+    Jh = np.asarray(jacobian(h, problem.x), dtype=float)
+    norms = np.linalg.norm(Jh, axis=1)
+    drift = np.linalg.norm(Jh @ J.T, axis=1) / np.maximum(norm_J * norms, np.finfo(float).tiny)
+    if drift.size and float(drift.max()) > tolerance:
+        i = int(drift.argmax())
+        raise ValueError(
+            f"{name}: `conserved` quantity {i} is not conserved at θ: "
+            f"||∂φ ∇h_{i}|| / (||∂φ|| ||∇h_{i}||) = {float(drift.max()):.3g} > "
+            f"tolerance {tolerance:.3g}."
+        )
+    Q1, gap_J = _row_space(J, rtol)
+    Qh, gap_h = _row_space(Jh, rtol)
+    U, s, _ = np.linalg.svd(np.concatenate([Q1, Qh], axis=1), full_matrices=True)
+    rank, gap_S, _, _ = cut(s, rtol)
+    return U[:, rank:], Q1.shape[1], min(gap_J, gap_h, gap_S)
+
+
+def _inclusion_residual(problem, V, norm_J, probes, key):
+    """(residual, worst direction, probes used) of ∂M on the columns of V (see `residual`
+    in `KernelInclusion`): exact with every basis vector of R^d while d·k ≤ the budget."""
+    D, d, k = problem.num_params, problem.num_outputs, V.shape[1]
+    if not k:
+        return 0.0, np.zeros(D), None
+    dtype, G, used_probes = problem.x.dtype, None, None
+    if probes is not None or d * k > _EXACT_BUDGET:
+        used_probes = _DEFAULT_PROBES if probes is None else probes
+        # Gaussian probes scaled by 1/√p: E[G G^T] = I, unbiased squared Frobenius norms
+        G = numpy_rng(key, 1).standard_normal((d, used_probes)) / np.sqrt(used_probes)
+        G = jax.device_put(G.astype(dtype))
+    KM, KJ = _grams(problem.f, problem.x, jax.device_put(V.astype(dtype)), G)
+    eval_M, evec_M = np.linalg.eigh(np.asarray(KM, dtype=float))
+    top_J = float(np.linalg.eigvalsh(np.asarray(KJ, dtype=float))[-1])
+    numerator = math.sqrt(max(float(eval_M[-1]), 0.0))
+    denominator = 2.0 * norm_J * math.sqrt(max(top_J, 0.0))
+    residual = numerator / denominator if denominator > 0 else 0.0
+    return residual, V @ evec_M[:, -1], used_probes
+
+
 def kernel_inclusion(
     phi: Callable | None,
     theta: PyTree,
@@ -213,63 +255,26 @@ def kernel_inclusion(
     rtol = default_rtol(dtype) if rtol is None else rtol
     min_gap = default_min_gap(dtype) if min_gap is None else min_gap
     tolerance = default_tolerance(dtype) if tolerance is None else tolerance
-    D, d = problem.num_params, problem.num_outputs
+    D = problem.num_params
     J = np.asarray(jacobian(problem.f, problem.x), dtype=float)
     norm_J = float(np.linalg.norm(J, 2)) if J.size else 0.0
-    lie = None
     if conserved is None:
         lie = trace_problem(
-            problem,
-            J,
-            max_depth=max_depth,
-            rtol=rtol,
-            min_gap=min_gap,
-            batch_size=batch_size,
-            key=key,
-        )
+            problem, J, max_depth=max_depth, rtol=rtol, min_gap=min_gap,
+            batch_size=batch_size, key=key,
+        )  # fmt: skip
         rank_J = lie.rank_jacobian
         V = np.asarray(lie.basis, dtype=float)[:, rank_J:]
         gap = float(np.min(np.asarray(lie.gaps)))
-        converged = lie.converged
-        rank_nearby = lie.generic_rank_jacobian
+        converged, rank_nearby = lie.converged, lie.generic_rank_jacobian
     else:
-        h, _ = problem.flat(conserved, name, "conserved")
-        Jh = np.asarray(jacobian(h, problem.x), dtype=float)
-        norms = np.linalg.norm(Jh, axis=1)
-        drift = np.linalg.norm(Jh @ J.T, axis=1) / np.maximum(norm_J * norms, np.finfo(float).tiny)
-        if drift.size and float(drift.max()) > tolerance:
-            i = int(drift.argmax())
-            raise ValueError(
-                f"{name}: `conserved` quantity {i} is not conserved at θ: "
-                f"||∂φ ∇h_{i}|| / (||∂φ|| ||∇h_{i}||) = {float(drift.max()):.3g} > "
-                f"tolerance {tolerance:.3g}."
-            )
-        Q1, gap_J = _row_space(J, rtol)
-        Qh, gap_h = _row_space(Jh, rtol)
-        rank_J = Q1.shape[1]
-        U, s, _ = np.linalg.svd(np.concatenate([Q1, Qh], axis=1), full_matrices=True)
-        rank, gap_S, _, _ = cut(s, rtol)
-        V = U[:, rank:]
-        gap = min(gap_J, gap_h, gap_S)
-        converged = True
+        lie, converged = None, True
+        V, rank_J, gap = _intersection_with_conserved(
+            problem, J, norm_J, conserved, tolerance, rtol, name
+        )
         rank_nearby = generic_rank(problem, rank_J, rtol, key)
     k = V.shape[1]
-    residual, worst, used_probes = 0.0, np.zeros(D), None
-    if k:
-        G = None
-        if probes is not None or d * k > _EXACT_BUDGET:
-            used_probes = _DEFAULT_PROBES if probes is None else probes
-            # Gaussian probes scaled by 1/√p: E[G G^T] = I, unbiased squared Frobenius norms
-            G = numpy_rng(key, 1).standard_normal((d, used_probes)) / np.sqrt(used_probes)
-            G = jax.device_put(G.astype(dtype))
-        V_arr = jax.device_put(V.astype(dtype))
-        KM, KJ = _grams(problem.f, problem.x, V_arr, G)
-        eval_M, evec_M = np.linalg.eigh(np.asarray(KM, dtype=float))
-        top_J = float(np.linalg.eigvalsh(np.asarray(KJ, dtype=float))[-1])
-        numerator = math.sqrt(max(float(eval_M[-1]), 0.0))
-        denominator = 2.0 * norm_J * math.sqrt(max(top_J, 0.0))
-        residual = numerator / denominator if denominator > 0 else 0.0
-        worst = V @ evec_M[:, -1]
+    residual, worst, used_probes = _inclusion_residual(problem, V, norm_J, probes, key)
     holds, reason = _verdict(
         residual, tolerance, gap, min_gap, converged, max_depth, rank_J, rank_nearby
     )

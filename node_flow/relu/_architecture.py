@@ -26,6 +26,94 @@ def _as_index_tuple(name: str, values) -> tuple[int, ...]:
     return out
 
 
+def _topological_order(edges, out_edges, in_edges) -> list[int]:
+    """Kahn's topological order of the neurons; a cycle is refused, naming its neurons."""
+    num_neurons = len(out_edges)
+    indeg = [len(in_edges[v]) for v in range(num_neurons)]
+    order = [v for v in range(num_neurons) if indeg[v] == 0]
+    for v in order:
+        for e in out_edges[v]:
+            w = edges[e][1]
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                order.append(w)
+    if len(order) < num_neurons:
+        # Left over: the cycles and what hangs below them; prune the latter.
+        cyclic = {v for v in range(num_neurons) if indeg[v] > 0}
+        pruned = True
+        while pruned:
+            dead = {v for v in cyclic if all(edges[e][1] not in cyclic for e in out_edges[v])}
+            pruned = bool(dead)
+            cyclic -= dead
+        cyclic = sorted(cyclic)
+        raise ValueError(f"Architecture: the edges contain a cycle through neurons {cyclic}.")
+    return order
+
+
+def _check_on_paths(edges, order, out_edges, in_edges, starts, outputs) -> None:
+    """Every neuron is reached from a start (input or constant) and reaches an output."""
+    num_neurons = len(out_edges)
+    reaches = [v in outputs for v in range(num_neurons)]
+    for v in reversed(order):
+        reaches[v] = reaches[v] or any(reaches[edges[e][1]] for e in out_edges[v])
+    reached = [v in starts for v in range(num_neurons)]
+    for v in order:
+        reached[v] = reached[v] or any(reached[edges[e][0]] for e in in_edges[v])
+    orphans = [v for v in range(num_neurons) if not (reaches[v] and reached[v])]
+    if orphans:
+        raise ValueError(
+            f"Architecture: neuron(s) {orphans} lie on no input→output path (a neuron "
+            "must be reachable from an input or constant and reach an output)."
+        )
+
+
+def _enumerate_paths(edges, out_edges, starts, outputs):
+    """Depth-first path enumeration (start neurons in order, out-edges by index): the paths
+    as tuples of edge indices, and the index of each path's start."""
+    paths: list[tuple[int, ...]] = []
+
+    def extend(v: int, prefix: tuple[int, ...]) -> None:
+        if v in outputs:
+            paths.append(prefix)
+            return
+        for e in sorted(out_edges[v]):
+            extend(edges[e][1], prefix + (e,))
+
+    start_of = []
+    for k, s in enumerate(starts):
+        before = len(paths)
+        extend(s, ())
+        start_of.extend([k] * (len(paths) - before))
+    return paths, start_of
+
+
+def _path_arrays(edges, paths, hidden) -> dict:
+    """The padded edge and hidden-neuron indices of each path, the path–edge incidence and
+    the signed hidden-neuron–edge incidence (in minus out), all read-only."""
+    hidden_pos = {v: i for i, v in enumerate(hidden)}
+    num_edges, num_paths = len(edges), len(paths)
+    max_len = max(len(p) for p in paths)
+    path_edges = np.full((num_paths, max_len), num_edges, dtype=np.int64)
+    path_hidden = np.full((num_paths, max(max_len - 1, 1)), len(hidden), dtype=np.int64)
+    incidence = np.zeros((num_paths, num_edges))
+    for i, p in enumerate(paths):
+        path_edges[i, : len(p)] = p
+        path_hidden[i, : len(p) - 1] = [hidden_pos[edges[e][1]] for e in p[:-1]]
+        incidence[i, list(p)] = 1.0
+    signed = np.zeros((len(hidden), num_edges))
+    for i, (u, v) in enumerate(edges):
+        if v in hidden_pos:
+            signed[hidden_pos[v], i] += 1.0
+        if u in hidden_pos:
+            signed[hidden_pos[u], i] -= 1.0
+    return {
+        "path_edges": _readonly(path_edges),
+        "path_hidden": _readonly(path_hidden),
+        "incidence": _readonly(incidence),
+        "neuron_incidence": _readonly(signed),
+    }
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class Architecture:
     r"""The static architecture of a ReLU network on a directed acyclic graph.
@@ -126,92 +214,28 @@ class Architecture:
     # -- construction helpers (run once, at trace time) --------------------------------
 
     def _build(self, num_neurons: int) -> None:
-        edges = self.edges
+        edges, outputs = self.edges, set(self.outputs)
         out_edges: list[list[int]] = [[] for _ in range(num_neurons)]
         in_edges: list[list[int]] = [[] for _ in range(num_neurons)]
         for i, (u, v) in enumerate(edges):
             out_edges[u].append(i)
             in_edges[v].append(i)
-        # Topological order (Kahn); whatever is left over lies on a cycle.
-        indeg = [len(in_edges[v]) for v in range(num_neurons)]
-        order = [v for v in range(num_neurons) if indeg[v] == 0]
-        for v in order:
-            for e in out_edges[v]:
-                w = edges[e][1]
-                indeg[w] -= 1
-                if indeg[w] == 0:
-                    order.append(w)
-        if len(order) < num_neurons:
-            # Left over: the cycles and what hangs below them; prune the latter.
-            cyclic = {v for v in range(num_neurons) if indeg[v] > 0}
-            pruned = True
-            while pruned:
-                dead = {v for v in cyclic if all(edges[e][1] not in cyclic for e in out_edges[v])}
-                pruned = bool(dead)
-                cyclic -= dead
-            cyclic = sorted(cyclic)
-            raise ValueError(f"Architecture: the edges contain a cycle through neurons {cyclic}.")
-        outputs = set(self.outputs)
-        # Which neurons reach an output, and which are reached from a start.
-        reaches = [v in outputs for v in range(num_neurons)]
-        for v in reversed(order):
-            reaches[v] = reaches[v] or any(reaches[edges[e][1]] for e in out_edges[v])
+        order = _topological_order(edges, out_edges, in_edges)
         starts = self.inputs + self.constants
-        reached = [v in set(starts) for v in range(num_neurons)]
-        for v in order:
-            reached[v] = reached[v] or any(reached[edges[e][0]] for e in in_edges[v])
-        orphans = [v for v in range(num_neurons) if not (reaches[v] and reached[v])]
-        if orphans:
-            raise ValueError(
-                f"Architecture: neuron(s) {orphans} lie on no input→output path (a neuron "
-                "must be reachable from an input or constant and reach an output)."
-            )
-        # Depth-first path enumeration: start neurons in order, out-edges by index.
-        paths: list[tuple[int, ...]] = []
-
-        def extend(v: int, prefix: tuple[int, ...]) -> None:
-            if v in outputs:
-                paths.append(prefix)
-                return
-            for e in sorted(out_edges[v]):
-                extend(edges[e][1], prefix + (e,))
-
-        start_of = []
-        for k, s in enumerate(starts):
-            before = len(paths)
-            extend(s, ())
-            start_of.extend([k] * (len(paths) - before))
+        _check_on_paths(edges, order, out_edges, in_edges, set(starts), outputs)
+        paths, start_of = _enumerate_paths(edges, out_edges, starts, outputs)
         hidden = tuple(v for v in range(num_neurons) if v not in set(starts) | outputs)
-        hidden_pos = {v: i for i, v in enumerate(hidden)}
-        num_edges, num_paths = len(edges), len(paths)
-        max_len = max(len(p) for p in paths)
-        path_edges = np.full((num_paths, max_len), num_edges, dtype=np.int64)
-        path_hidden = np.full((num_paths, max(max_len - 1, 1)), len(hidden), dtype=np.int64)
-        incidence = np.zeros((num_paths, num_edges))
-        for i, p in enumerate(paths):
-            path_edges[i, : len(p)] = p
-            path_hidden[i, : len(p) - 1] = [hidden_pos[edges[e][1]] for e in p[:-1]]
-            incidence[i, list(p)] = 1.0
         output_pos = {v: i for i, v in enumerate(self.outputs)}
-        signed = np.zeros((len(hidden), num_edges))
-        for i, (u, v) in enumerate(edges):
-            if v in hidden_pos:
-                signed[hidden_pos[v], i] += 1.0
-            if u in hidden_pos:
-                signed[hidden_pos[u], i] -= 1.0
         derived = {
             "hidden": hidden,
             "topological_order": tuple(order),
             "paths": tuple(paths),
-            "depth": max_len,
-            "path_edges": _readonly(path_edges),
-            "path_hidden": _readonly(path_hidden),
+            "depth": max(len(p) for p in paths),
+            **_path_arrays(edges, paths, hidden),
             "path_start": _readonly(np.asarray(start_of, dtype=np.int64)),
             "path_output": _readonly(
                 np.asarray([output_pos[edges[p[-1]][1]] for p in paths], dtype=np.int64)
             ),
-            "incidence": _readonly(incidence),
-            "neuron_incidence": _readonly(signed),
         }
         for k, v in derived.items():
             object.__setattr__(self, "_" + k, v)
