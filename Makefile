@@ -43,11 +43,13 @@ descent: install
 	$(PY) experiments/descent_vs_flow.py
 
 # The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
-# benchmarks/completion_bench.py, when present, writes results/bench/completion.json, whose
-# records bench.py merges into results/bench/summary.json.
+# completion_bench.py (against PyTorch gradient descent) and criterion_scale.py (counting
+# laws up to D = 20,000) write results/bench/{completion,criterion_scale}.json, whose
+# records bench.py merges into results/bench/summary.json and its table.
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
-	if [ -f benchmarks/completion_bench.py ]; then $(PY) benchmarks/completion_bench.py; fi
+	$(PY) benchmarks/completion_bench.py
+	$(PY) benchmarks/criterion_scale.py
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/sweep_bench.py --out results/bench
 

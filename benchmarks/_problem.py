@@ -1,4 +1,4 @@
-"""The benchmark problem, identical for every tool, and the shared measuring protocol.
+r"""The benchmark problem, identical for every tool, and the shared measuring protocol.
 
 A deep linear network $z = U_L \cdots U_1$ of square width $n$ trained on
 $\ell(z) = \|zX - Y\|_F^2 / (2N)$, $N = 2n$, with seeded Gaussian $X, Y$, from the balanced

@@ -7,7 +7,8 @@ Every measurement runs in a fresh process (`_worker.py`), one after the other; t
 matmul peak (NumPy, n = 1024) is measured at the start and the end of the same run.
 Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`. `summary.json`
 holds every record in one list, `records` (`tool`, `case`, `seconds`, `rel_err`, `nfev`,
-`hardware`), including those of `<out>/completion.json` when another benchmark wrote it.
+`hardware`), including those of `<out>/completion.json` and `<out>/criterion_scale.json`
+when the other benchmarks (`completion_bench.py`, `criterion_scale.py`) wrote them.
 """
 
 import argparse
@@ -255,9 +256,12 @@ def flat_records(summary, label):
     return out
 
 
-def merge_completion(path: Path, label) -> tuple[list, str | None]:
-    """The records another benchmark wrote to `completion.json` (a list of records, or an
-    object with a `records` list), each tagged with its source; a note if unreadable."""
+MERGED = ("completion.json", "criterion_scale.json")  # written by the other benchmarks
+
+
+def merge_records(path: Path, label) -> tuple[list, str | None]:
+    """The records another benchmark wrote to `path` (a list of records, or an object with
+    a `records` list), each tagged with its source; a note if unreadable."""
     if not path.exists():
         return [], None
     try:
@@ -412,18 +416,31 @@ def _fixed_tol_table(cases):
 
 
 def _merged_table(records):
-    if not records:
-        return ""
+    """One table per merged file."""
+    sources = dict.fromkeys(r["source"] for r in records)
+    return "".join(_source_table([r for r in records if r["source"] == s]) for s in sources)
+
+
+_DETAILS = ("rtol", "eta", "extrapolated", "D", "laws", "laws_expected", "min_gap", "peak_rss_gb")
+
+
+def _source_table(records):
     text = (
         f"\nFrom {records[0]['source']}:\n\n"
-        "| tool | case | seconds | rel_err / accuracy | nfev |\n|---|---|---:|---:|---:|\n"
+        "| tool | case | seconds | rel_err / accuracy | nfev | details |\n"
+        "|---|---|---:|---:|---:|---|\n"
     )
     for r in records:
         acc = r.get("rel_err", r.get("accuracy"))
         acc = _fmt(acc, ".1e") if isinstance(acc, float) else ("-" if acc is None else acc)
+        details = ", ".join(
+            f"{k} {r[k]:.3g}" if isinstance(r[k], float) else f"{k} {r[k]}"
+            for k in _DETAILS
+            if k in r
+        )
         text += (
             f"| {r['tool']} | {r['case']} | {_fmt(r.get('seconds'), '.4g')} | {acc} "
-            f"| {r.get('nfev', '-')} |\n"
+            f"| {r.get('nfev', '-')} | {details} |\n"
         )
     return text
 
@@ -516,10 +533,13 @@ def main(argv=None):
     summary["hardware"] = hw
     summary["load_average_start_end"] = [load_start, list(os.getloadavg())]
     label = f"{hw['cpu']} ({hw['cores']} cores)"
-    merged, note = merge_completion(args.out / "completion.json", label)
-    if note:
-        logger.warning(note)
-        summary["completion_note"] = note
+    merged = []
+    for name in MERGED:
+        records, note = merge_records(args.out / name, label)
+        merged += records
+        if note:
+            logger.warning(note)
+            summary.setdefault("merge_notes", []).append(note)
     summary["records"] = flat_records(summary, label) + merged
     atomic_write_json(args.out / "summary.json", summary)
     table = markdown(summary)

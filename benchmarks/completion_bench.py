@@ -189,7 +189,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--gd-budget", type=float, default=300.0, help="seconds per GD run")
+    p.add_argument("--gd-budget", type=float, default=120.0, help="seconds per GD run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     P = make_problem()

@@ -21,6 +21,10 @@ dual-feasible $G$ (supported on $\Omega$, $\|G\|_2 \le 1$) built from the iterat
 stated tolerance. Cross-check: the parameter flow (`gradient_flow`) of the balanced network on
 one configuration.
 
+The entries of the grid are independent: `--workers` processes (default 2, one XLA thread
+each) compute them side by side, grouped by (observed, depth) so that a worker compiles each
+flow once; each entry is stored as soon as it is finished, and a rerun resumes from them.
+
 Run: `make matrix-completion`, or `python experiments/matrix_completion.py --help`.
 """
 
@@ -30,8 +34,11 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
+import multiprocessing  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import as_completed, ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -116,7 +123,9 @@ def flow_to_target(z0, loss, depth, T, args):
     r"""The intrinsic flow until $\ell \le$ `--target-loss` (`target_loss=`: the time is
     located by bisection on the step's interpolant) or $t = T$. The stop falls between two
     save times; $z$ at the stop is then the end of a second solve of the same compiled
-    function from the last save before it (with an unreachable target)."""
+    function from the last save before it (with an unreachable target). A dense output
+    (`dense=True`, then `evaluate(t_final)`) would avoid that solve, but diffrax sizes it
+    for `max_steps` steps: 6,000 × 7 stages × 10⁴ entries × 8 bytes = 3.4 GB at n = 100."""
     kernel = Partial(nf.kernels.balanced, depth=depth)
     tol = dict(rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, throw=False)
     ts = save_times(T)
@@ -274,6 +283,12 @@ def parse_args(argv=None):
     p.add_argument("--check-depth", type=integer(2), default=3)
     p.add_argument("--check-scale", type=positive, default=1e-2)
     p.add_argument("--no-check", action="store_true", help="skip the parameter-flow cross-check")
+    p.add_argument(
+        "--workers",
+        type=integer(1),
+        default=min(2, os.cpu_count() or 1),
+        help="processes running grid entries side by side (default: 2, or 1 on one core)",
+    )
     p.add_argument("--seed", type=integer(0), default=0)
     p.add_argument("--out", type=Path, default=Path("results/matrix_completion"))
     args = p.parse_args(argv)
@@ -289,41 +304,117 @@ def parse_args(argv=None):
     return args
 
 
-def run_grid(args, W, omegas, unit_start, store, progress):
-    """Every (observed, depth, scale) flow, depth 1 included, and the nuclear baselines."""
+def _grid_common(args):
     common = {k: getattr(args, k) for k in ("seed", "n", "rank", "norm", "rtol", "atol")}
     common.update(target_loss=args.target_loss, t1=args.t1, max_steps=args.max_steps)
-    rows, nuclear = [], []
+    return common
+
+
+def grid_tasks(args):
+    """Every entry of the grid as `(name, key, task)`: the flows of each (observed, depth,
+    scale), depth 1 included, the nuclear baseline of each observed count, and the
+    parameter-flow cross-check. `key` is what the entry depends on (its `ResultStore` tag)."""
+    common, tasks = _grid_common(args), []
     for m in sorted(args.observed):
-        loss = completion_loss(W, *omegas[m])
         for depth in [1] + sorted(args.depths):
             for scale in sorted(args.scales, reverse=True):
                 key = dict(common, observed=m, depth=depth, scale=scale)
-                name = f"m{m}_depth{depth}_scale{scale:g}"
-                rec = store.get(name, key)
-                if rec is None:
-                    t = time.time()
-                    z0 = scale * unit_start
-                    z, rec = flow_to_target(z0, loss, depth, args.t1, args)
-                    rec.update(measures(z, W), observed=m, depth=depth, scale=scale)
-                    if depth == 1:
-                        exact = depth1_closed_form(z0, loss, rec["t_stop"])
-                        rec["max_abs_diff_closed_form"] = float(jnp.max(jnp.abs(z - exact)))
-                    rec["seconds"] = time.time() - t
-                    store.put(name, key, rec)
-                rows.append(rec)
-                progress.step(f"{name}: err {rec['test_error']:.3g}")
+                tasks.append((f"m{m}_depth{depth}_scale{scale:g}", key, ("flow", m, depth, scale)))
         key = dict(common, observed=m, gamma=args.nuclear_gamma, tol=args.nuclear_tol,
                    max_iter=args.nuclear_max_iter)  # fmt: skip
-        rec = store.get(f"m{m}_nuclear", key)
-        if rec is None:
-            t = time.time()
-            rec = nuclear_baseline(W, *omegas[m], args)
-            rec.update(observed=m, seconds=time.time() - t)
-            store.put(f"m{m}_nuclear", key, rec)
-        nuclear.append(rec)
-        progress.step(f"m{m} nuclear: err {rec['test_error']:.3g}")
-    return rows, nuclear
+        tasks.append((f"m{m}_nuclear", key, ("nuclear", m, None, None)))
+    if not args.no_check:
+        key = {k: v for k, v in vars(args).items() if k not in ("out", "no_check", "workers")}
+        key = {k: v for k, v in key.items() if not k.startswith("nuclear")}
+        tasks.append(("check", key, ("check", None, None, None)))
+    return tasks
+
+
+def problem_of(args):
+    """`problem(...)` of the flags, computed once per process."""
+    return _problem(args.seed, args.n, args.rank, args.norm, tuple(sorted(args.observed)))
+
+
+_problem = functools.lru_cache(maxsize=1)(problem)
+
+
+def run_task(args, task):
+    """One grid entry, computed from the flags alone (so that a worker process can run it):
+    a flow to the target loss with its measures, a nuclear-norm baseline, or the check."""
+    kind, m, depth, scale = task
+    W, omegas, unit_start = problem_of(args)
+    t = time.time()
+    if kind == "check":
+        return cross_check(W, omegas, unit_start, args)
+    if kind == "nuclear":
+        rec = nuclear_baseline(W, *omegas[m], args)
+        rec.update(observed=m, seconds=time.time() - t)
+        return rec
+    loss = completion_loss(W, *omegas[m])
+    z0 = scale * unit_start
+    z, rec = flow_to_target(z0, loss, depth, args.t1, args)
+    rec.update(measures(z, W), observed=m, depth=depth, scale=scale)
+    if depth == 1:
+        exact = depth1_closed_form(z0, loss, rec["t_stop"])
+        rec["max_abs_diff_closed_form"] = float(jnp.max(jnp.abs(z - exact)))
+    rec["seconds"] = time.time() - t
+    return rec
+
+
+def run_entries(args, store, entries):
+    """Compute and store `(name, key, task)` entries one after the other (in a worker, they
+    share its compiled flows). Returns their names."""
+    for name, key, task in entries:
+        store.put(name, key, run_task(args, task))
+    return [name for name, _, _ in entries]
+
+
+# Entries of one (kind, observed, depth) share a compiled flow: they go to one worker,
+# the groups longest first (deepest, then most observed; the check is a depth-3 flow and a
+# parameter flow), so that no worker is left alone with a long group at the end.
+def _group_order(group):
+    kind, m, depth = group
+    return {"check": (3.5, 0), "nuclear": (0, m)}.get(kind, (depth, m))
+
+
+def run_grid(args, store, progress):
+    """Every entry not already in `store`, on `--workers` processes (the entries are
+    independent, and one solve keeps about one core busy), each stored as soon as it is
+    done. Returns the flow rows, the nuclear baselines (in grid order) and the check (or
+    None)."""
+    tasks = grid_tasks(args)
+    groups = {}
+    for name, key, task in tasks:
+        if store.get(name, key) is None:
+            groups.setdefault(task[:3], []).append((name, key, task))
+        else:
+            progress.step(f"{name} (resumed)")
+    order = sorted(groups, key=_group_order, reverse=True)
+    if args.workers == 1 or len(groups) <= 1:
+        for group in order:
+            for name in run_entries(args, store, groups[group]):
+                progress.step(name)
+    else:
+        # One XLA thread per worker: the workers, not XLA's thread pools, share the cores
+        # (the flag is set for the workers only; this process's XLA is already running).
+        flags = os.environ.get("XLA_FLAGS")
+        os.environ["XLA_FLAGS"] = f"{flags or ''} --xla_cpu_multi_thread_eigen=false"
+        context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per worker
+        try:
+            with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+                futures = [pool.submit(run_entries, args, store, groups[g]) for g in order]
+                for future in as_completed(futures):
+                    for name in future.result():
+                        progress.step(name)
+        finally:
+            if flags is None:
+                del os.environ["XLA_FLAGS"]
+            else:
+                os.environ["XLA_FLAGS"] = flags
+    done = {task[0]: [] for _, _, task in tasks}
+    for name, key, task in tasks:
+        done[task[0]].append(store.get(name, key))
+    return done["flow"], done["nuclear"], (done.get("check") or [None])[0]
 
 
 def headline(rows, nuclear):
@@ -357,20 +448,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     start = time.time()
-    W, omegas, unit_start = problem(args.seed, args.n, args.rank, args.norm, args.observed)
     store = ResultStore(args.out)
     total = len(args.observed) * ((len(args.depths) + 1) * len(args.scales) + 1)
     progress = Progress(total + (not args.no_check), "matrix completion")
-    rows, nuclear = run_grid(args, W, omegas, unit_start, store, progress)
-    check = None
-    if not args.no_check:
-        key = {k: getattr(args, k) for k in vars(args) if k not in ("out", "no_check")}
-        key = {k: v for k, v in key.items() if not k.startswith("nuclear")}
-        check = store.get("check", key)
-        if check is None:
-            check = cross_check(W, omegas, unit_start, args)
-            store.put("check", key, check)
-        progress.step("parameter-flow check")
+    rows, nuclear, check = run_grid(args, store, progress)
+    W = problem_of(args)[0]
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "claim": (

@@ -56,15 +56,11 @@ class _NoAux(eqx.Module):
 class KrylovChord(optx.AbstractRootFinder):
     r"""The chord iteration $y \leftarrow y - J_0^{-1} F(y)$ with a Krylov linear solver.
 
-        As `diffrax.VeryChord` (the same termination test: stop once the contraction
-        rate $
-    ho$ of successive corrections gives $\|\delta\|
-    ho/(1-
-    ho) < \kappa$, fail
-        on $
-    ho > 2$; Hairer & Wanner, *Solving ODEs II*, §IV.8), with $J_0$ linearised
-        once by `jax.linearize` at the point diffrax chooses and applied matrix-free; only
-        its array leaves are cut from the gradient (the linearised operator holds a jaxpr).
+    As `diffrax.VeryChord` (the same termination test: stop once the contraction rate
+    $\rho$ of successive corrections gives $\|\delta\|\rho/(1-\rho) < \kappa$, fail on
+    $\rho > 2$; Hairer & Wanner, *Solving ODEs II*, §IV.8), with $J_0$ linearised
+    once by `jax.linearize` at the point diffrax chooses and applied matrix-free; only its
+    array leaves are cut from the gradient (the linearised operator holds a jaxpr).
     """
 
     rtol: float

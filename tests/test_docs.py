@@ -9,6 +9,7 @@ cannot find into an error. mkdocs and BeautifulSoup are imported at module level
 the docs extra (`make install` installs it with `dev`) these tests error, they do not skip.
 """
 
+import ast
 import inspect
 import os
 import re
@@ -86,6 +87,30 @@ def test_public_api_walk_finds_the_known_names():
 def test_every_public_name_has_a_docstring():
     missing = [name for name, obj in public_api().items() if not has_docstring(obj)]
     assert not missing, f"public names without a docstring: {missing}"
+
+
+# A docstring that is not a raw string turns `\rho`, `\theta`, `\nabla`, `\frac` into a
+# carriage return, tab, newline or form feed followed by the rest of the command.
+_LOST_ESCAPE = re.compile(r"(?<!\\)\\[abfnrtv][A-Za-z]")
+
+
+@pytest.mark.parametrize("folder", ["node_flow", "experiments", "benchmarks"])
+def test_no_docstring_turns_a_latex_command_into_an_escape(folder):
+    bad = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            body = getattr(node, "body", None)
+            if not (isinstance(body, list) and body and isinstance(body[0], ast.Expr)):
+                continue
+            if not isinstance(getattr(body[0].value, "value", None), str):
+                continue
+            literal = ast.get_source_segment(source, body[0].value) or ""
+            prefix = re.match(r"[A-Za-z]*", literal).group(0).lower()
+            if literal[len(prefix) : len(prefix) + 1] in "\"'" and "r" not in prefix:
+                if _LOST_ESCAPE.search(literal):
+                    bad.append(f"{path.relative_to(ROOT)}:{body[0].lineno}")
+    assert not bad, f'docstrings with LaTeX escapes that are not raw strings (use r"""): {bad}'
 
 
 def test_every_public_name_has_an_api_entry():

@@ -1,4 +1,4 @@
-"""The path-lifting of a ReLU network, its Jacobian and the metric $M(\theta)$."""
+r"""The path-lifting of a ReLU network, its Jacobian and the metric $M(\theta)$."""
 
 import equinox as eqx
 import jax.numpy as jnp
