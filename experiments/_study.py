@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from node_flow import enable_compilation_cache
 from node_flow._io import atomic_write_json
+from node_flow.plot import loglog_fit
 
 
 CACHE_DIR = enable_compilation_cache(Path(__file__).resolve().parents[1] / ".cache" / "jax")
@@ -135,9 +136,10 @@ class Progress:
 
 
 def fit_loglog(x, y) -> dict:
-    """Least-squares slope (and its standard error, NaN with only two points) of log y
-    against log x, over the points with y > 0 (an exact zero has no logarithm; the number
-    of points used is returned). Needs at least two distinct positive x."""
+    """`node_flow.plot.loglog_fit` as a JSON-ready dict (`slope`, `stderr`, `intercept`,
+    `points`) over the points with y > 0 (an exact zero has no logarithm; the number of
+    points used is returned), NaN when fewer than two distinct x remain. Needs at least two
+    distinct positive x."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(np.unique(x)) < 2 or np.any(x <= 0):
         raise ValueError(
@@ -148,20 +150,12 @@ def fit_loglog(x, y) -> dict:
     if len(np.unique(x[keep])) < 2:
         nan = float("nan")
         return {"slope": nan, "stderr": nan, "intercept": nan, "points": int(keep.sum())}
-    lx, ly = np.log(x[keep]), np.log(y[keep])
-    A = np.stack([lx, np.ones_like(lx)], axis=1)
-    coef, *_ = np.linalg.lstsq(A, ly, rcond=None)
-    dof = len(lx) - 2
-    if dof > 0:
-        sigma2 = float(np.sum((A @ coef - ly) ** 2)) / dof
-        stderr = float(np.sqrt(sigma2 * np.linalg.inv(A.T @ A)[0, 0]))
-    else:
-        stderr = float("nan")
+    fit = loglog_fit(x[keep], y[keep])
     return {
-        "slope": float(coef[0]),
-        "stderr": stderr,
-        "intercept": float(coef[1]),
-        "points": len(lx),
+        "slope": fit.slope,
+        "stderr": fit.stderr,
+        "intercept": fit.intercept,
+        "points": fit.num_points,
     }
 
 
