@@ -43,13 +43,15 @@ descent: install
 	$(PY) experiments/descent_vs_flow.py
 
 # The peers (torch CPU, torchdiffeq, scipy) are installed here only, never by `make test`.
-# completion_bench.py (against PyTorch gradient descent) and criterion_scale.py (counting
-# laws up to D = 20,000) write results/bench/{completion,criterion_scale}.json, whose
-# records bench.py merges into results/bench/summary.json and its table.
+# completion_bench.py (against PyTorch gradient descent), criterion_scale.py (counting laws
+# up to D = 20,000) and stiff_bench.py (explicit against implicit past convergence) write
+# results/bench/{completion,criterion_scale,stiff}.json, whose records bench.py merges into
+# results/bench/summary.json and its table.
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/completion_bench.py
 	$(PY) benchmarks/criterion_scale.py
+	$(PY) benchmarks/stiff_bench.py
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/sweep_bench.py --out results/bench
 

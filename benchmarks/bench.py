@@ -7,8 +7,9 @@ Every measurement runs in a fresh process (`_worker.py`), one after the other; t
 matmul peak (NumPy, n = 1024) is measured at the start and the end of the same run.
 Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`. `summary.json`
 holds every record in one list, `records` (`tool`, `case`, `seconds`, `rel_err`, `nfev`,
-`hardware`), including those of `<out>/completion.json` and `<out>/criterion_scale.json`
-when the other benchmarks (`completion_bench.py`, `criterion_scale.py`) wrote them.
+`hardware`), including those of `<out>/completion.json`, `<out>/criterion_scale.json` and
+`<out>/stiff.json` when the other benchmarks (`completion_bench.py`, `criterion_scale.py`,
+`stiff_bench.py`) wrote them.
 """
 
 import argparse
@@ -256,7 +257,7 @@ def flat_records(summary, label):
     return out
 
 
-MERGED = ("completion.json", "criterion_scale.json")  # written by the other benchmarks
+MERGED = ("completion.json", "criterion_scale.json", "stiff.json")  # the other benchmarks
 
 
 def merge_records(path: Path, label) -> tuple[list, str | None]:
@@ -421,7 +422,8 @@ def _merged_table(records):
     return "".join(_source_table([r for r in records if r["source"] == s]) for s in sources)
 
 
-_DETAILS = ("rtol", "eta", "extrapolated", "D", "laws", "laws_expected", "min_gap", "peak_rss_gb")
+_DETAILS = ("rtol", "eta", "extrapolated", "D", "laws", "laws_expected", "min_gap",
+            "peak_rss_gb", "steps", "t_reached", "loss", "test_error")  # fmt: skip
 
 
 def _source_table(records):
