@@ -42,6 +42,7 @@ def test_steps_equal_hand_written_steps_and_conservation_identity():
     assert np.allclose(np.asarray(sol.ts), [0.0, 0.1, 0.2]) and list(sol.steps) == [0, 1, 2]
 
 
+@pytest.mark.slow  # make test time: 15 s (a descent per step size and a tight flow)
 def test_descent_converges_to_the_flow_at_first_order():
     """max_k |z_GD(kη) − z_GF(kη)| over t ∈ [0, 1] for η = 0.1 … 0.0125: the fitted
     log–log slope is 1 (explicit Euler) within 0.1; the flow is solved at 1e-12."""

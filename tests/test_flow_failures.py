@@ -184,6 +184,7 @@ def _readme_example(rtol):
     return param.zs, intr.zs
 
 
+@pytest.mark.slow  # make test time: 12 s (both flows recompiled in float32)
 def test_readme_example_in_float32():
     """x64 off: rtol = 1e-10 gives one warning per flow saying how to enable float64;
     at rtol = atol = 1e-5 (no warning) the parameter and intrinsic flows (two different

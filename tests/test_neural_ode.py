@@ -60,6 +60,7 @@ def _rk4_lift(node, steps_per_cell=200):
     return Phi
 
 
+@pytest.mark.slow  # make test time: 11 s (a lift per grid size)
 def test_refine_leaves_the_weight_function_and_the_lift_unchanged(weights):
     """Refining represents the same A(s) (hat functions: midpoint values; cells: copies),
     so the refined lift equals the coarse one's independent value: the product of cell
@@ -149,6 +150,7 @@ def test_lift_converges_at_second_order_for_linear_interpolation(weights):
     assert -2.2 <= slope <= -1.8
 
 
+@pytest.mark.slow  # make test time: 16 s of compilation (reverse mode through nested solves)
 def test_gradient_through_the_forward_solve_matches_finite_differences(weights):
     """Reverse mode through diffrax vs central differences (step 1e-5: truncation 1e-10,
     rounding of 1e-10-accurate solves / 1e-5 = 1e-5 relative at worst; bound 1e-5)."""
