@@ -72,6 +72,11 @@ def parse_args(argv=None):
         default=",".join(EXTRAS),
         help="extra cases to run, among " + ",".join(EXTRAS),
     )
+    p.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="measure nothing: merge the other benchmarks' records into an existing summary",
+    )
     p.add_argument("--scale-n", type=int, default=1000, help="matrix size of the scale case")
     p.add_argument(
         "--scale-observed", type=int, default=100_000, help="observed entries of the scale case"
@@ -522,32 +527,46 @@ def write_csv(cases, path):
     atomic_write_csv(path, [{k: case.get(k, "") for k in keys} for case in cases])
 
 
+def write_outputs(summary: dict, out: Path) -> str:
+    """Merge the other benchmarks' records (`MERGED`) into `summary`, then write
+    `summary.json`, `table.md`, `cases.csv` and `bench.png` atomically; returns the table."""
+    hw = summary["hardware"]
+    label = f"{hw['cpu']} ({hw['cores']} cores)"
+    merged, summary["merge_notes"] = [], []
+    for name in MERGED:
+        records, note = merge_records(out / name, label)
+        merged += records
+        if note:
+            logger.warning(note)
+            summary["merge_notes"].append(note)
+    summary["records"] = flat_records(summary, label) + merged
+    atomic_write_json(out / "summary.json", summary)
+    table = markdown(summary)
+    atomic_write(out / "table.md", table)
+    write_csv(summary["cases"], out / "cases.csv")
+    plot(summary, out / "bench.png")
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.merge_only:
+        path = args.out / "summary.json"
+        if not path.exists():
+            raise SystemExit(f"bench.py: --merge-only needs {path}; run bench.py without it first")
+        table = write_outputs(json.loads(path.read_text()), args.out)
+        logger.info("merged %s into %s\n%s", ", ".join(MERGED), path, table)
+        return
     start = time.perf_counter()
     load_start = list(os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         sizes, cases, references, extras, peaks = measure(args, Path(tmp))
     summary = summarize(sizes, cases, references, extras, peaks)
     summary["total_seconds"] = time.perf_counter() - start
-    hw = hardware()
-    summary["hardware"] = hw
+    summary["hardware"] = hardware()
     summary["load_average_start_end"] = [load_start, list(os.getloadavg())]
-    label = f"{hw['cpu']} ({hw['cores']} cores)"
-    merged = []
-    for name in MERGED:
-        records, note = merge_records(args.out / name, label)
-        merged += records
-        if note:
-            logger.warning(note)
-            summary.setdefault("merge_notes", []).append(note)
-    summary["records"] = flat_records(summary, label) + merged
-    atomic_write_json(args.out / "summary.json", summary)
-    table = markdown(summary)
-    atomic_write(args.out / "table.md", table)
-    write_csv(summary["cases"], args.out / "cases.csv")
-    plot(summary, args.out / "bench.png")
+    table = write_outputs(summary, args.out)
     logger.info("done in %.0f s; wrote %s\n%s", summary["total_seconds"], args.out, table)
 
 
