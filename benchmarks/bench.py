@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _problem as P  # noqa: E402
+from _hardware import hardware  # noqa: E402
 
 from node_flow._io import (  # noqa: E402
     atomic_savefig,
@@ -193,33 +193,6 @@ def measure(args, workdir):
     peaks.append(run_job({"kind": "peak"}, workdir, 120)["peak_gflops"])
     logger.info("float64 matmul peak at the end: %.1f GFLOP/s", peaks[1])
     return sizes, cases, references, extras, peaks
-
-
-def hardware() -> dict:
-    """The machine the run measured: CPU model, cores, OS, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    versions = {}
-    for name in ("jax", "jaxlib", "diffrax", "numpy", "scipy", "torch", "torchdiffeq"):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name)
-        except Exception:  # not installed: the peer is skipped and its record says so
-            versions[name] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "device": "cpu",
-        "versions": versions,
-    }
 
 
 def _case_name(L, n):

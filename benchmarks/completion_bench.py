@@ -23,7 +23,6 @@ atomically to `--out`.
 import argparse
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import numpy as np
 
 
 jax.config.update("jax_enable_x64", True)
+
+from _hardware import hardware  # noqa: E402
 
 import node_flow as nf  # noqa: E402
 from node_flow._io import atomic_write_json  # noqa: E402
@@ -174,17 +175,6 @@ def nodeflow_for_accuracy(P, T, ts, ref, acc):
     raise RuntimeError(f"completion_bench: node_flow misses accuracy {acc} at rtol 1e-11")
 
 
-def hardware(threads) -> dict:
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "load_average": os.getloadavg(),
-        "jax_backend": jax.default_backend(),
-    }
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -226,7 +216,7 @@ def main(argv=None):
         "reference": {"rtol": 1e-11, "self_check_rel_err": ref_check},
         "node_flow_compile_s": compile_s,
         "torch_largest_stable_eta": eta_max,
-        "hardware": hardware(args.threads),
+        "hardware": hardware(torch_threads=args.threads),
         "records": records,
     }
     atomic_write_json(args.out / "completion.json", out)

@@ -16,13 +16,13 @@ $D = 20{,}000$). Writes `<out>/criterion_scale.json` atomically: one record per 
 import argparse
 import json
 import logging
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _hardware import hardware
 
 
 logger = logging.getLogger("criterion_scale")
@@ -86,12 +86,9 @@ def main(argv=None):
             n, r["D"], r["laws"], r["laws_expected"], r["seconds"], r["peak_rss_gb"],
             r["min_gap"],
         )  # fmt: skip
-    hardware = {
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_end": os.getloadavg(),
-    }
-    atomic_write_json(args.out / "criterion_scale.json", {"hardware": hardware, "records": records})
+    atomic_write_json(
+        args.out / "criterion_scale.json", {"hardware": hardware(), "records": records}
+    )
 
 
 if __name__ == "__main__":

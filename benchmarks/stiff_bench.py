@@ -27,7 +27,6 @@ Run: `python benchmarks/stiff_bench.py --help`.
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _hardware import hardware  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 from matrix_completion import completion_loss, problem  # noqa: E402
 
@@ -106,8 +106,15 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100, help="matrix size (100: the study's)")
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     args = p.parse_args(argv)
-    if args.T <= 0 or args.explicit_steps < 1 or args.implicit_steps < 1 or args.n < 6:
-        p.error(f"--T must be > 0, the step budgets ≥ 1 and --n ≥ 6; got {vars(args)}")
+    for flag, bad, need in (
+        ("--T", not 0 < args.T < float("inf"), "a finite positive end time, e.g. 3e6"),
+        ("--explicit-steps", args.explicit_steps < 1, "a positive step budget"),
+        ("--implicit-steps", args.implicit_steps < 1, "a positive step budget"),
+        ("--n", args.n < 6, "a matrix size ≥ 6 (rank 5 and n²/5 observed entries)"),
+    ):
+        if bad:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            p.error(f"{flag} must be {need}; got {value!r}.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     observed = min(OBSERVED, args.n**2 // 5)
     W, omegas, unit_start = problem(0, args.n, 5, args.n * 1.0, (observed,))
@@ -150,11 +157,9 @@ def main(argv=None):
         {"tool": "node_flow-stiff_solver", "case": case, **implicit_rec,
          "rel_err": implicit_rec.get("rel_err_vs_explicit")},
     ]  # fmt: skip
-    hardware = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                "load_average_end": os.getloadavg()}  # fmt: skip
     atomic_write_json(
         args.out / "stiff.json",
-        {"config": vars(args) | {"out": str(args.out)}, "hardware": hardware, "records": records},
+        {"config": vars(args) | {"out": str(args.out)}, "hardware": hardware(), "records": records},
     )
 
 

@@ -72,6 +72,17 @@ def max_norm_over_time(a, b):
     return float(jnp.max(jnp.linalg.norm(a - b, axis=(-2, -1))))
 
 
+def successful(swept, entry: str):
+    """The first output of every configuration of a sweep whose `fn` returns `(outputs,
+    result codes)`, or `FlowError` naming the entry, each failed profile and why. The flows
+    run with `throw=False`: a result code instead of `eqx.error_if`, whose host callback
+    would keep the compiled sweep out of the persistent compilation cache."""
+    if swept.failed:
+        why = "; ".join(f"profile #{i}: {reason}" for i, reason in sorted(swept.failed.items()))
+        raise nf.FlowError(f"depth_limit: {entry}: {why}")
+    return swept.results[0]
+
+
 def run_depth(L, weights, loss, ts, tol):
     """Parameter flow and finite-depth intrinsic flow of the depth-L networks of every
     profile, swept over profiles with `nf.sweep` (vmap over every device; one compilation
@@ -81,16 +92,21 @@ def run_depth(L, weights, loss, ts, tol):
     T = float(ts[-1])
 
     def one(net, lam):
-        param = nf.gradient_flow(net, loss, T, ts=ts, **tol)
+        param = nf.gradient_flow(net, loss, T, ts=ts, throw=False, **tol)
         kernel = Partial(nf.kernels.relaxed_balanced, lambdas=lam)
-        intr = nf.intrinsic_flow(net.lift(), loss, kernel, T, ts=ts, time_scale=1.0 / L, **tol)
+        intr = nf.intrinsic_flow(
+            net.lift(), loss, kernel, T, ts=ts, time_scale=1.0 / L, throw=False, **tol
+        )
         C = jax.vmap(nf.conservation_laws)(param.models)  # (times, L-1, n, n)
         U = jax.vmap(lambda m: m.factors())(param.models)
         drift = jnp.max(jnp.abs(C - C[0])) if L > 1 else jnp.zeros(())
         scale = jnp.max(jnp.abs(U)) ** 2
-        return param.zs, intr.zs, param.losses, drift, drift / scale, param.stats["num_steps"]
+        outputs = param.zs, intr.zs, param.losses, drift, drift / scale, param.stats["num_steps"]
+        return outputs, (param.result, intr.result)
 
-    zp, zi, losses, drift, rel_drift, steps = nf.sweep(lambda c: one(*c), (nets, lams)).results
+    zp, zi, losses, drift, rel_drift, steps = successful(
+        nf.sweep(lambda c: one(*c), (nets, lams)), f"depth {L}"
+    )
     return {
         "z_param": np.asarray(zp),
         "z_intrinsic": np.asarray(zi),
@@ -105,8 +121,11 @@ def run_limit(weights, loss, ts, tol):
     """The continuum intrinsic flow K_∞ from each profile's exact z0 (identical z0s)."""
     z0s = jnp.stack([w.z0() for w in weights])
     T = float(ts[-1])
-    flow = lambda z0: nf.intrinsic_flow(z0, loss, nf.kernels.neural_ode, T, ts=ts, **tol)
-    sol = nf.sweep(flow, z0s).results
+    def flow(z0):
+        sol = nf.intrinsic_flow(z0, loss, nf.kernels.neural_ode, T, ts=ts, throw=False, **tol)
+        return sol, sol.result
+
+    sol = successful(nf.sweep(flow, z0s), "limit")
     return {"z": np.asarray(sol.zs), "losses": np.asarray(sol.losses)}
 
 
@@ -117,13 +136,14 @@ def run_grid(m, weights, loss, ts, tol):
     T = float(ts[-1])
 
     def one(node):
-        sol = nf.gradient_flow(node, loss, T, ts=ts, **tol)
+        sol = nf.gradient_flow(node, loss, T, ts=ts, throw=False, **tol)
         lam0 = node.conservation_law()
         lam1 = nf.LinearNeuralODE(sol.models.A[-1]).conservation_law()
         drift = jnp.max(jnp.abs(lam1 - lam0), axis=(-2, -1))
-        return sol.zs, sol.losses, jnp.max(drift[1:-1]), jnp.maximum(drift[0], drift[-1])
+        outputs = sol.zs, sol.losses, jnp.max(drift[1:-1]), jnp.maximum(drift[0], drift[-1])
+        return outputs, sol.result
 
-    zs, losses, drift_inner, drift_ends = nf.sweep(one, nodes).results
+    zs, losses, drift_inner, drift_ends = successful(nf.sweep(one, nodes), f"grid {m}")
     return {
         "z": np.asarray(zs),
         "losses": np.asarray(losses),

@@ -297,13 +297,16 @@ def _controller(fname, controller, rtol, atol):
     return diffrax.PIDController(**tols)
 
 
-def _check_depths(fname: str, argname: str, s, dtype) -> Array:
+def _check_depths(fname: str, argname: str, s, dtype) -> Array | np.ndarray:
     """`s` as an array of `dtype`; concrete values outside $[0, 1]$ (or NaN) refused."""
     if isinstance(s, (bool, np.bool_)) or not isinstance(
         s, (numbers.Real, np.ndarray, jax.Array, list, tuple)
     ):
         raise TypeError(f"{fname}: `{argname}` must be a real depth in [0, 1]; got {s!r}.")
-    s = jnp.asarray(s)
+    # A concrete `s` stays a NumPy array: checked here on the host, and never guarded
+    # inside the computation (an `eqx.error_if` host callback would keep every program that
+    # lifts a `LinearNeuralODE` out of the persistent compilation cache).
+    s = jnp.asarray(s) if isinstance(s, jax.core.Tracer) else np.asarray(s)
     if not jnp.issubdtype(s.dtype, jnp.floating) and not jnp.issubdtype(s.dtype, jnp.integer):
         raise TypeError(f"{fname}: `{argname}` must be real; got dtype {s.dtype}.")
     s = s.astype(dtype)
@@ -319,7 +322,7 @@ def _check_depths(fname: str, argname: str, s, dtype) -> Array:
     return s
 
 
-def _guard_depths(fname: str, argname: str, out: Array, s: Array) -> Array:
+def _guard_depths(fname: str, argname: str, out: Array, s: Array | np.ndarray) -> Array:
     """Under `jit`: `out` guarded by `eqx.error_if` against `s` outside $[0, 1]$."""
     if is_concrete(s):
         return out

@@ -67,7 +67,7 @@ class KrylovChord(optx.AbstractRootFinder):
     atol: float
     norm: Callable = optx.max_norm
     kappa: float = 1e-2
-    linear_solver: lx.AbstractLinearSolver = lx.GMRES(rtol=1e-4, atol=0.0, max_steps=300)
+    linear_solver: lx.AbstractLinearSolver = lx.GMRES(rtol=0.0, atol=1e-4, max_steps=300)
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         if "init_state" in options:
@@ -86,22 +86,41 @@ class KrylovChord(optx.AbstractRootFinder):
 
     def step(self, fn, y, args, options, state, tags):
         fx, aux = fn(y, args)
-        sol = lx.linear_solve(
-            state.jac, fx, self.linear_solver, state=_stop_gradient(state.linear_state),
-            throw=False,
-        )  # fmt: skip
-        new_y = jax.tree.map(lambda a, b: a - b, y, sol.value)
+        delta, result = self._newton_correction(state, fx)
+        new_y = jax.tree.map(lambda a, b: a - b, y, delta)
         scale = jax.tree.map(lambda v: self.atol + self.rtol * jnp.abs(v), new_y)
-        diffsize = self.norm(jax.tree.map(lambda d, s: d / s, sol.value, scale))
+        diffsize = self.norm(jax.tree.map(lambda d, s: d / s, delta, scale))
         new_state = _ChordState(
             jac=state.jac,
             linear_state=state.linear_state,
             diffsize=diffsize,
             diffsize_prev=state.diffsize,
-            result=optx.RESULTS.promote(sol.result),
+            result=result,
             step=state.step + 1,
         )
         return new_y, new_state, aux
+
+    def _newton_correction(self, state, fx):
+        r"""$J_0^{-1} F$ by the Krylov solver, on $F/\|F\|_2$ and scaled back.
+
+        lineax's GMRES stops on $|r_i| \le$ `atol` $+$ `rtol`$\,|b_i|$ *entry by entry*:
+        with `atol = 0` an entry of $F$ that is zero or tiny (the ascent appended to the
+        state, an unobserved entry of a completion problem) can never meet it, and GMRES
+        breaks down or stagnates however small the residual is. Normalising $F$ makes
+        `atol` a normwise relative residual, the one inexact Newton needs; $F = 0$ (already
+        solved) gives $\delta = 0$ without a solve's verdict."""
+        size = jnp.sqrt(sum(jnp.sum(jnp.abs(f) ** 2) for f in jax.tree.leaves(fx)))
+        solved = size == 0
+        unit = jax.tree.map(lambda f: f / jnp.where(solved, 1, size), fx)
+        sol = lx.linear_solve(
+            state.jac, unit, self.linear_solver, state=_stop_gradient(state.linear_state),
+            throw=False,
+        )  # fmt: skip
+        delta = jax.tree.map(lambda d: d * size, sol.value)
+        result = optx.RESULTS.where(
+            solved, optx.RESULTS.successful, optx.RESULTS.promote(sol.result)
+        )
+        return delta, result
 
     def terminate(self, fn, y, args, options, state, tags):
         at_least_two = state.step >= 2
@@ -144,7 +163,7 @@ def stiff_solver(
 
     $$(I - h\gamma\,J)\,\delta = r,\qquad J = \partial f(y_0) \text{ applied by its JVP},$$
 
-    solved by restarted GMRES to relative residual `krylov_rtol` (an inexact Newton
+    solved by restarted GMRES to normwise relative residual `krylov_rtol` (an inexact Newton
     correction: the iteration then contracts at least by that factor per sweep). The
     Jacobian–vector products come from one `jax.linearize` of the flow per step, i.e. the
     kernel's JVP (e.g. the closed-form derivatives of [`node_flow.kernels.balanced`][]).
@@ -161,7 +180,8 @@ def stiff_solver(
     - `order`: 3, 4 or 5: `diffrax.Kvaerno3`, `Kvaerno4` or `Kvaerno5` (Kværnø 2004,
       *Singly diagonally implicit Runge–Kutta methods with an explicit first stage*,
       BIT 44).
-    - `krylov_rtol`: relative residual of each GMRES solve, in $(0, 1)$.
+    - `krylov_rtol`: the residual of each GMRES solve relative to its right-hand side (in the
+      2-norm, not entry by entry), in $(0, 1)$.
     - `restart`: the GMRES restart length (Krylov vectors kept), a positive integer.
     - `krylov_max_steps`: at most this many GMRES iterations per solve; when reached
       the Newton sweep fails and the step is rejected (retried smaller).
@@ -186,9 +206,9 @@ def stiff_solver(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{fname}: `{name}` must be a positive int; got {value!r}.")
-    krylov = lx.GMRES(
-        rtol=float(krylov_rtol),
-        atol=0.0,
+    krylov = lx.GMRES(  # on a unit right-hand side: `atol` is the relative residual
+        rtol=0.0,
+        atol=float(krylov_rtol),
         restart=restart,
         stagnation_iters=restart,
         max_steps=krylov_max_steps,

@@ -211,6 +211,7 @@ _DERIVATIVE_POINTS = {
 }
 _DERIVATIVE_KERNELS = {
     "balanced L=1": lambda z, G: nf.kernels.balanced(z, G, 1),
+    "balanced L=2": lambda z, G: nf.kernels.balanced(z, G, 2),
     "balanced L=3": lambda z, G: nf.kernels.balanced(z, G, 3),
     "balanced L=64": lambda z, G: nf.kernels.balanced(z, G, 64),
     "relaxed λ=(.3,-.5)": lambda z, G: nf.kernels.relaxed_balanced(z, G, jnp.array([0.3, -0.5])),
@@ -256,6 +257,24 @@ def test_kernel_gradient_and_jvp_equal_finite_differences_at_repeated_singular_v
         assert bool(jnp.isfinite(g)) and bool(jnp.isfinite(t)), name
         assert abs(float(g - f)) <= 1e-8 * float(sc), (name, float(g), float(f))
         assert abs(float(t - f)) <= 1e-8 * float(sc), (name, float(t), float(f))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 7, 20])
+def test_power_contraction_equals_the_divided_difference_tensor(depth):
+    """The balanced kernel's tangent contracts with p[a_k, a_m, a_l] for p(a) = a^L by
+    L - 1 matrix products (`power_contraction`); against the n³ tensor of Leibniz's
+    recurrence (`polynomial_divided_differences`, an independent algorithm) at repeated,
+    zero and spread values of a. Both are sums of ≤ L·n non-negative-weighted terms of
+    size ≤ max(a)^(L-2)·|A||B|: rounding ~1e-15 relative, so 1e-12."""
+    from node_flow.kernels._linear import polynomial_divided_differences, power_contraction
+
+    a = jnp.array([0.0, 0.3, 0.3, 1.0, 1.7, 2.5])
+    kA, kB = jax.random.split(jax.random.key(depth))
+    A, B = jax.random.normal(kA, (6, 6)), jax.random.normal(kB, (6, 6))
+    _, S = polynomial_divided_differences(a, jnp.zeros(depth))
+    expected = jnp.einsum("km,ml,kml->kl", A, B, S)
+    got = power_contraction(a, depth)(A, B)
+    assert max_abs(got - expected) <= 1e-12 * max(max_abs(expected), 1.0)
 
 
 def test_relaxed_kernel_gradient_in_lambda_equals_finite_differences():

@@ -2,7 +2,7 @@
 
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -125,6 +125,39 @@ def polynomial_divided_differences(
     return W, S
 
 
+def power_contraction(a: Float[Array, " n"], depth: int) -> Callable:
+    r"""$(A, B) \mapsto \sum_m A_{km} B_{ml}\, p[a_k, a_m, a_l]$ for $p(a) = a^L$, by $L - 1$
+    matrix products instead of the $n^3$ tensor of `polynomial_divided_differences`.
+
+    The second divided difference of $a^L$ is the complete homogeneous polynomial
+    $h_{L-2}(a_k, a_m, a_l) = \sum_{j=0}^{L-2} a_m^j\, h_{L-2-j}(a_k, a_l)$, so the
+    contraction is $\sum_j h_{L-2-j}(a_k, a_l) \circ (A \operatorname{diag}(a^j) B)$:
+    $O(L n^3)$ flops in matrix products and $O(L n^2)$ memory, against the memory-bound
+    tensor (at $n = 100$, depth 3, the linearised JVP of `balanced` falls from 8.6 to
+    1.0 ms). The $h_e$ are sums of non-negative terms: no cancellation at coinciding $a$.
+    """
+    n = a.shape[0]
+    if depth == 1:  # p is linear: no second divided difference
+        return lambda A, B: jnp.zeros((n, n), jnp.result_type(A, B))
+    ones = jnp.ones((n, n), a.dtype)
+
+    def step(carry, _):  # h_e(x, y) = x^e + y h_{e-1}(x, y)
+        h, x_power = carry
+        x_power = x_power * a[:, None]
+        h = x_power + h * a[None, :]
+        return (h, x_power), h
+
+    _, hs = jax.lax.scan(step, (ones, ones), None, length=depth - 2)
+    h = jnp.concatenate([ones[None], hs])[::-1]  # h[j] = h_{L-2-j}(a_k, a_l)
+    # powers[j] = a^j, j = 0 … L-2 (products, not `**`: differentiable at a = 0)
+    powers = jnp.cumprod(jnp.concatenate([ones[:1], jnp.broadcast_to(a, (depth - 2, n))]), 0)
+
+    def contract(A, B):
+        return jnp.sum(h * ((A[None] * powers[:, None, :]) @ B), axis=0)
+
+    return contract
+
+
 def _svd(z):
     X, s, Yt = jnp.linalg.svd(z)
     return X, s, Yt.T
@@ -142,8 +175,7 @@ def _balanced_jvp(depth, primals, tangents):
     X, s, Y = _svd(z)
     W = balanced_weights(s**2, depth)
     a = (s**2) ** (1.0 / depth)
-    _, S = polynomial_divided_differences(a, jnp.zeros(depth, z.dtype))
-    return spectral_tangent(X, s, Y, W, S, G, z_dot, G_dot)
+    return spectral_tangent(X, s, Y, W, power_contraction(a, depth), G, z_dot, G_dot)
 
 
 def _offsets(lambdas):

@@ -34,6 +34,8 @@ singular values, so the tangent is exact and continuous at repeated and nearly r
 singular values. It costs $O(n^3)$.
 """
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -95,7 +97,7 @@ def spectral_tangent(
     s: Float[Array, " n"],
     Y: Float[Array, "n n"],
     W: Float[Array, "n n"],
-    S: Float[Array, "n n n"],
+    S: Float[Array, "n n n"] | Callable,
     G: Float[Array, "n n"],
     z_dot: Float[Array, "n n"],
     G_dot: Float[Array, "n n"],
@@ -104,16 +106,15 @@ def spectral_tangent(
     r"""The kernel $K(z)[G]$ and its tangent $\dot K$ along $(\dot z, \dot G)$ (module
     docstring), from the SVD $z = X\operatorname{diag}(s)Y^\top$, the weights $W$, the second
     divided differences $S_{kml} = p[a_k, a_m, a_l]$ and, optionally, the change `W_dot` of the
-    weights at fixed $s$ (e.g. along the imbalances $\lambda$)."""
+    weights at fixed $s$ (e.g. along the imbalances $\lambda$). `S` is the $n^3$ tensor, or
+    the contraction $(A, B) \mapsto \sum_m A_{km} B_{ml} S_{kml}$ itself where $p$ allows a
+    cheaper one (matrix products for $p(a) = a^L$: `power_contraction`)."""
+    contract = S if callable(S) else lambda A, B: jnp.einsum("km,ml,kml->kl", A, B, S)
     H = X.T @ G @ Y
     P = X.T @ z_dot @ Y
     Ps, sP = P * s[None, :], s[:, None] * P
     alpha, beta = Ps + Ps.T, sP + sP.T
-    inner = (
-        W * (X.T @ G_dot @ Y)
-        + jnp.einsum("km,ml,kml->kl", alpha / W, H, S)
-        + jnp.einsum("km,ml,kml->kl", H, beta / W, S)
-    )
+    inner = W * (X.T @ G_dot @ Y) + contract(alpha / W, H) + contract(H, beta / W)
     if W_dot is not None:
         inner = inner + W_dot * H
     return X @ (W * H) @ Y.T, X @ inner @ Y.T
