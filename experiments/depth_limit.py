@@ -75,8 +75,8 @@ def max_norm_over_time(a, b):
 def successful(swept, entry: str):
     """The first output of every configuration of a sweep whose `fn` returns `(outputs,
     result codes)`, or `FlowError` naming the entry, each failed profile and why. The flows
-    run with `throw=False`: a result code instead of `eqx.error_if`, whose host callback
-    would keep the compiled sweep out of the persistent compilation cache."""
+    run with `throw=False`, so a failure is a result code the sweep lists
+    (`SweepResult.failed`), not an `eqx.error_if` host callback compiled into the batch."""
     if swept.failed:
         why = "; ".join(f"profile #{i}: {reason}" for i, reason in sorted(swept.failed.items()))
         raise nf.FlowError(f"depth_limit: {entry}: {why}")

@@ -53,6 +53,12 @@ def enable_compilation_cache(path: Any = None, *, min_compile_seconds: Any = 0.0
     entry is never loaded; an unreadable (corrupt, truncated) entry makes JAX warn and
     compile afresh. Deleting the folder at any time is safe.
 
+    **Not stored:** JAX does not write a program that contains a host callback, and today
+    every flow solve holds one (diffrax checks traced save times and `dt0` with
+    `eqx.error_if`; `throw=True` under `jit` guards the outputs the same way). The cache
+    therefore saves the compilation of the smaller programs around the flows, not of the
+    flows themselves (measured in the Benchmarks page, "Warm starts").
+
     **Arguments:**
 
     - `path`: the cache folder, `str` or `os.PathLike` (created if missing), used when
