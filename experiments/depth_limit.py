@@ -121,6 +121,7 @@ def run_limit(weights, loss, ts, tol):
     """The continuum intrinsic flow K_∞ from each profile's exact z0 (identical z0s)."""
     z0s = jnp.stack([w.z0() for w in weights])
     T = float(ts[-1])
+
     def flow(z0):
         sol = nf.intrinsic_flow(z0, loss, nf.kernels.neural_ode, T, ts=ts, throw=False, **tol)
         return sol, sol.result
