@@ -28,6 +28,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import optimistix as optx
@@ -91,6 +92,9 @@ class _FiniteGuard(diffrax.AbstractAdaptiveStepSizeController):
     diffrax divides a NaN error into a NaN step size and then rejects every later step."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
+    # The first step, given here rather than as diffrax's `dt0`: diffrax checks a traced
+    # `dt0` with an `eqx.error_if` host callback (see `_SaveAtTimes`).
+    first_step: Array | None = None
 
     @property
     def rtol(self):
@@ -105,9 +109,11 @@ class _FiniteGuard(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.norm
 
     def wrap(self, direction):
-        return _FiniteGuard(self.controller.wrap(direction))
+        return _FiniteGuard(self.controller.wrap(direction), self.first_step)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        if dt0 is None and self.first_step is not None:
+            dt0 = self.first_step
         t, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
         # (inner state, a step was accepted, steps rejected before the first acceptance):
         # an FSAL solver re-evaluates its first stage on each of those.
@@ -169,6 +175,81 @@ class _EventBisection(optx.AbstractRootFinder):
         return y, aux, {}
 
 
+class _SaveAtTimes(diffrax.AbstractWrappedSolver):
+    """`solver`, saving `save(y)` at the times `ts` from each step's interpolant as it
+    steps: what `diffrax.SaveAt(ts=…)` does, the same interpolant and the same
+    evaluations. diffrax checks traced save times with `eqx.error_if`, a host callback,
+    and JAX's persistent compilation cache stores no program that holds one; the core
+    checked its times already (`_valid_times`). The saves live in the solver state,
+    which diffrax restores when it rejects a step; after the solve, saves beyond the stop
+    time (an event inside the last step) are dropped as diffrax does (`_saved`)."""
+
+    solver: diffrax.AbstractSolver
+    ts: Array
+    save: Callable
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    @property
+    def root_finder(self):  # implicit solvers: diffrax sets its tolerances through this
+        return self.solver.root_finder
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        blank = lambda s: jnp.zeros((len(self.ts), *s.shape), s.dtype)
+        saved = jax.tree.map(blank, jax.eval_shape(self.save, y0))
+        return self.solver.init(terms, t0, t1, y0, args), jnp.asarray(0), saved
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        inner, index, saved = solver_state
+        y1, y_error, dense_info, inner, result = self.solver.step(
+            terms, t0, t1, y0, args, inner, made_jump
+        )
+        interpolant = self.solver.interpolation_cls(t0=t0, t1=t1, **dense_info)
+        num = len(self.ts)
+
+        def due(carry):
+            i, _ = carry
+            return (i < num) & (self.ts[jnp.minimum(i, num - 1)] <= t1)
+
+        def save_one(carry):
+            i, saved = carry
+            value = self.save(interpolant.evaluate(self.ts[i]))
+            return i + 1, jax.tree.map(lambda a, v: a.at[i].set(v), saved, value)
+
+        # As diffrax saves: a loop that reverse-mode autodiff can differentiate.
+        index, saved = eqxi.while_loop(
+            due, save_one, (index, saved), max_steps=num, kind="checkpointed", checkpoints=num
+        )
+        return y1, y_error, dense_info, (inner, index, saved), result
+
+
+def _saved(solver_state, ts, t_final):
+    """The save times and saves of `_SaveAtTimes` after the solve: `inf` where the solve
+    stopped before reaching a save time (diffrax's convention)."""
+    _, index, saved = solver_state
+    reached = (jnp.arange(len(ts)) < index) & (ts <= t_final)
+    mask = lambda a: jnp.where(jnp.reshape(reached, (-1,) + (1,) * (a.ndim - 1)), a, jnp.inf)
+    return jnp.where(reached, ts, jnp.inf), jax.tree.map(mask, saved)
+
+
 def _first_step(state0, f0, t0, t1, rtol, atol):
     r"""The first step: Hairer–Nørsett–Wanner's first estimate $h_0 = 0.01\,d_0/d_1$
     (*Solving ODEs I*, §II.4), $d_0$, $d_1$ the scaled RMS norms of $y_0$ and $f(y_0)$
@@ -184,7 +265,10 @@ def _first_step(state0, f0, t0, t1, rtol, atol):
     return jax.lax.stop_gradient(jnp.minimum(h0, t1 - t0))
 
 
-def _controller(options, t0, t1):
+def _controller(options, t0, t1, first_step):
+    """The step-size controller: the user's, or PID from rtol/atol with a floor at
+    `_DTMIN_ULPS`; an adaptive one wrapped by `_FiniteGuard`, which starts it with the
+    user's `dt0` or else `first_step`."""
     if options.controller is not None:
         c = options.controller
     else:
@@ -194,7 +278,7 @@ def _controller(options, t0, t1):
             rtol=options.rtol, atol=options.atol, dtmin=dtmin, force_dtmin=False
         )
     if isinstance(c, diffrax.AbstractAdaptiveStepSizeController):
-        return _FiniteGuard(c), True
+        return _FiniteGuard(c, first_step if options.dt0 is None else options.dt0), True
     return c, False
 
 
@@ -260,14 +344,14 @@ def _saves_at_start(sol_ts, saved, ts, t0, num_steps, save, y0):
     return jnp.where(missing, ts, sol_ts), saved
 
 
-def _classify(sol, raw_result, ok_times, bad_start, ascent_tol, final_ascent, losses):
+def _classify(sol, raw_result, ok_times, bad_start, ascent_tol, final_ascent, losses, ts_reached):
     result = RESULTS.promote(raw_result)
     stopped = sol.event_mask[0]
     ascended = ~(final_ascent <= ascent_tol)
     result = RESULTS.where(stopped & ascended, RESULTS.loss_increased, result)
     result = RESULTS.where(stopped & ~ascended, RESULTS.blew_up, result)
     done = (result == RESULTS.successful) | (result == RESULTS.event_occurred)
-    finite_losses = jnp.all(jnp.isfinite(losses) | jnp.isinf(sol.ts[0]))
+    finite_losses = jnp.all(jnp.isfinite(losses) | jnp.isinf(ts_reached))
     result = RESULTS.where(done & ~finite_losses, RESULTS.nonfinite_loss, result)
     result = RESULTS.where(bad_start, RESULTS.nonfinite_gradient, result)
     return RESULTS.where(ok_times, result, RESULTS.invalid_input)
@@ -285,28 +369,25 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     state0 = jnp.concatenate([jnp.ravel(y0), jnp.zeros((1,), y0.dtype)])
     f0 = augment(dy0, rate0)
     bad_start = ~(jnp.all(jnp.isfinite(f0)) & jnp.isfinite(loss0))
-    controller, adaptive = _controller(options, t0, t1)
-    dt0 = options.dt0
-    if dt0 is None and adaptive:
-        dt0 = _first_step(state0, f0, t0, t1, options.rtol, options.atol)
+    first_step = _first_step(state0, f0, t0, t1, options.rtol, options.atol)
+    controller, adaptive = _controller(options, t0, t1, first_step)
     ascent_tol = _ASCENT_FACTOR * (options.atol + options.rtol * jnp.abs(loss0))
     scale0 = jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
     conds, root = _conditions(options, save, unflat, loss0, ascent_tol, scale0)
     _end = lambda t, state: (t, state[-1], save(unflat(state)) if options.save_end else None)
     saveat = diffrax.SaveAt(
-        subs=[
-            diffrax.SubSaveAt(ts=ts, fn=lambda t, state, args: save(unflat(state))),
-            diffrax.SubSaveAt(t1=True, fn=lambda t, state, args: _end(t, state)),
-        ],
+        t1=True,
+        fn=lambda t, state, args: _end(t, state),
         dense=options.dense,
+        solver_state=True,
         controller_state=adaptive,
     )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, state, args: f(state)),
-        options.solver,
+        _SaveAtTimes(options.solver, ts, lambda state: save(unflat(state))),
         t0,
         t1,
-        dt0,
+        None if adaptive else options.dt0,
         state0,
         saveat=saveat,
         stepsize_controller=controller,
@@ -316,13 +397,16 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         throw=False,
         progress_meter=options.progress_meter,
     )
-    saved, (t_final, ascent, end) = sol.ys
+    t_final, ascent, end = sol.ys
+    ts_reached, saved = _saved(sol.solver_state, ts, t_final[0])
     num_steps = sol.stats["num_steps"]
-    sol_ts = sol.ts[0]
+    sol_ts = ts_reached
     if options.target_loss is not None:  # the only event that can stop at t0 with success
         sol_ts, saved = _saves_at_start(sol_ts, saved, ts, t0, num_steps, save, y0)
     losses = saved["losses"]
-    result = _classify(sol, sol.result, ok_times, bad_start, ascent_tol, ascent[0], losses)
+    result = _classify(
+        sol, sol.result, ok_times, bad_start, ascent_tol, ascent[0], losses, ts_reached
+    )
     first_rejections = sol.controller_state[2] if adaptive else 0
     stats = {
         "num_steps": num_steps,
@@ -330,7 +414,7 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         "num_rejected_steps": sol.stats["num_rejected_steps"],
         "num_vf_evals": _num_vf_evals(options.solver, num_steps, first_rejections),
     }
-    if options.save_end:  # after _classify: it reads the save grid as diffrax left it
+    if options.save_end:  # after _classify: it reads the save grid as the solve left it
         sol_ts = sol_ts.at[-1].set(t_final[0])
         saved = jax.tree.map(lambda a, b: a.at[-1].set(b[0]), saved, end)
     interpolation = (sol.interpolation, unflat) if options.dense else None

@@ -180,7 +180,11 @@ class LinearNeuralODE(AbstractLifting):
     def transition(self, s0: ScalarLike = 0.0, s1: ScalarLike = 1.0) -> Float[Array, "n n"]:
         r"""$\Phi(s_1, s_0)$, solving $\partial_s \Phi = A(s)\Phi$, $\Phi(s_0) = I$, for
         $s_0, s_1 \in [0, 1]$ (outside it a `ValueError`, as for `at`; $s_1 < s_0$ integrates
-        backwards, giving $\Phi(s_0, s_1)^{-1}$)."""
+        backwards, giving $\Phi(s_0, s_1)^{-1}$).
+
+        A forward solve that fails (it runs out of `max_steps`) raises a `RuntimeError`
+        eagerly; under `jit` it returns NaN, which a training flow reports as a failure
+        (a host-callback error there would keep the flow out of the compilation cache)."""
         dtype = self.A.dtype
         s0 = _check_depths("LinearNeuralODE.transition", "s0", s0, dtype)
         s1 = _check_depths("LinearNeuralODE.transition", "s1", s1, dtype)
@@ -208,8 +212,10 @@ class LinearNeuralODE(AbstractLifting):
             stepsize_controller=controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps or max(_MIN_MAX_STEPS, _STEPS_PER_CELL * self.m),
+            throw=False,
         )
-        Phi = _guard_depths("LinearNeuralODE.transition", "s0", sol.ys[-1], s0)
+        Phi = _solved("LinearNeuralODE.transition", sol)
+        Phi = _guard_depths("LinearNeuralODE.transition", "s0", Phi, s0)
         return _guard_depths("LinearNeuralODE.transition", "s1", Phi, s1)
 
     def lift(self) -> Float[Array, "n n"]:
@@ -320,6 +326,20 @@ def _check_depths(fname: str, argname: str, s, dtype) -> Array | np.ndarray:
                 f"{bad[0] if bad.size == 1 else bad.tolist()}."
             )
     return s
+
+
+def _solved(fname: str, sol: diffrax.Solution) -> Array:
+    """The end point of a forward solve: a `RuntimeError` for a failed concrete solve;
+    NaN for a failed traced one."""
+    ok = sol.result == diffrax.RESULTS.successful
+    if is_concrete(ok):
+        if not bool(ok):
+            raise RuntimeError(
+                f"{fname}: the forward solve failed ({diffrax.RESULTS[sol.result]}); "
+                "raise `max_steps` (`LinearNeuralODE(..., max_steps=...)`)."
+            )
+        return sol.ys[-1]
+    return jnp.where(ok, sol.ys[-1], jnp.nan)
 
 
 def _guard_depths(fname: str, argname: str, out: Array, s: Array | np.ndarray) -> Array:

@@ -139,30 +139,31 @@ def _unflatten_config(treedef, leaves, impls):
 def _run_batch(fn, leaves, treedef, impls, sharding):
     """`vmap(fn)` over a batch sharded along its leading axis: compiled once per
     (fn, shapes, devices) and reused for every batch."""
-    out = jax.vmap(lambda c: fn(_unflatten_config(treedef, c, impls)))(leaves)
+    out = jax.vmap(lambda c: _arrays_only(fn(_unflatten_config(treedef, c, impls))))(leaves)
     return jax.tree.map(lambda y: jax.lax.with_sharding_constraint(y, sharding), out)
 
 
-def _trace(fn, treedef, leaves, impls):
-    """One trace of `fn` on the first configuration: its jaxpr (for the fingerprint) and the
-    structure of its output, checked to be a pytree of arrays."""
-    first = [jnp.asarray(x[0]) for x in leaves]
-    rest = []
-
-    def arrays_only(config_leaves):
-        out = fn(_unflatten_config(treedef, config_leaves, impls))
-        arrays, others = eqx.partition(out, eqx.is_array)
-        rest.append(others)
-        return arrays
-
-    closed, struct = jax.make_jaxpr(arrays_only, return_shape=True)(first)
-    not_arrays = jax.tree_util.tree_flatten_with_path(rest[0])[0]
+def _arrays_only(out):
+    """`fn`'s output, checked (at trace time) to be a pytree of arrays."""
+    not_arrays = jax.tree_util.tree_flatten_with_path(eqx.filter(out, eqx.is_array, inverse=True))[
+        0
+    ]
     if not_arrays:
         path, leaf = not_arrays[0]
         raise TypeError(
             f"sweep: `fn` must return a pytree of arrays; its output at "
             f"{jax.tree_util.keystr(path)} is a {type(leaf).__name__}."
         )
+    return out
+
+
+def _output_structure(fn, treedef, leaves, impls, size, sharding):
+    """The shapes and dtypes of `fn`'s output on one configuration, checked. Read from
+    the trace of the batched program, which `_run_batch` then reuses: a sweep traces
+    `fn` once (tracing a flow can take longer than compiling it)."""
+    batch = [jax.ShapeDtypeStruct((size, *x.shape[1:]), x.dtype, sharding=sharding) for x in leaves]
+    batched = jax.eval_shape(lambda b: _run_batch(fn, b, treedef, impls, sharding), batch)
+    struct = jax.tree.map(lambda y: jax.ShapeDtypeStruct(y.shape[1:], y.dtype), batched)
     leaves_out = jax.tree_util.tree_flatten_with_path(struct)[0]
     if not leaves_out:
         raise ValueError("sweep: `fn` returns no arrays; return a pytree of arrays.")
@@ -172,7 +173,14 @@ def _trace(fn, treedef, leaves, impls):
                 f"sweep: `fn` returns a PRNG key at {jax.tree_util.keystr(path)}; return "
                 "`jax.random.key_data(key)` instead."
             )
-    return closed, struct
+    return struct
+
+
+def _jaxpr_of_one(fn, treedef, leaves, impls):
+    """The jaxpr of `fn` on the first configuration, for the fingerprint of a sweep that
+    writes to `out` (its constants are the closed-over values that determine results)."""
+    first = [jnp.asarray(x[0]) for x in leaves]
+    return jax.make_jaxpr(lambda c: fn(_unflatten_config(treedef, c, impls)))(first)
 
 
 def _is_code(x) -> bool:
@@ -365,11 +373,12 @@ def sweep(
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
 
-    closed, result_struct = _trace(fn, treedef, leaves, impls)
+    result_struct = _output_structure(fn, treedef, leaves, impls, size, sharding)
     result_leaves, result_treedef = jax.tree.flatten(result_struct)
 
     store = None
     if out is not None:
+        closed = _jaxpr_of_one(fn, treedef, leaves, impls)
         manifest = fingerprint(
             fn, closed, treedef, leaves, impls, result_treedef, result_leaves, size
         )

@@ -312,9 +312,10 @@ def test_sweep_matches_the_loop_and_pairs_results_with_configurations():
         assert np.array_equal(out["bits"], expected["bits"])
 
 
-def test_sweep_compiles_fn_once_for_all_batches():
-    """Three batches of two: fn is traced once for the shapes and once for the batched
-    function, however many batches follow."""
+def test_sweep_compiles_fn_once_for_all_batches(tmp_path):
+    """Three batches of two: fn is traced once, for the batched program whose trace also
+    gives the output's shapes, however many batches follow; with `out`, once more on one
+    configuration for the fingerprint."""
     traces = []
 
     def fn(cfg):
@@ -323,7 +324,11 @@ def test_sweep_compiles_fn_once_for_all_batches():
 
     res = sweep(fn, {"x": jnp.arange(6.0)}, batch_size=2)
     assert res.computed == (0, 1, 2)
-    assert len(traces) == 2
+    assert len(traces) == 1
+    assert np.allclose(res.results, np.cos(np.arange(6.0)), rtol=1e-15, atol=0)
+    traces.clear()
+    sweep(fn, {"x": jnp.arange(6.0) + 1}, batch_size=2, out=tmp_path)
+    assert len(traces) == 1  # the fingerprint's; the batched program is the first sweep's
 
 
 def test_sweep_with_out_reloads_finished_batches(tmp_path):
