@@ -5,6 +5,8 @@ checked inside the computation (a named result, or `eqx.error_if`) by the functi
 that need it.
 """
 
+import contextlib
+import contextvars
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -27,6 +29,32 @@ _RTOL_EPS_FLOOR = 10
 def is_concrete(x) -> bool:
     """Whether `x` is a concrete value (not a tracer inside `jit`, `grad` or `vmap`)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+_TRACING_A_FLOW = contextvars.ContextVar("node_flow_tracing_a_flow", default=False)
+
+
+@contextlib.contextmanager
+def tracing_a_flow():
+    """Entered by the flow core while it traces a solve: inside, `guard` marks a failed
+    check with NaN instead of raising (trace time only; it changes no traced value)."""
+    token = _TRACING_A_FLOW.set(True)
+    try:
+        yield
+    finally:
+        _TRACING_A_FLOW.reset(token)
+
+
+def guard(x, bad, message: str):
+    """A check of traced values: `x` guarded by `eqx.error_if(x, bad, message)`, except
+    inside a flow (`tracing_a_flow`), where `x` becomes NaN where `bad` holds. There the
+    flow reports the failure in its result (its state or loss is not finite), as it does
+    for every other non-finite step, and the solver, not the check, decides about trial
+    stages it would reject; an `eqx.error_if` host callback would also keep the flow's
+    program out of JAX's persistent compilation cache."""
+    if _TRACING_A_FLOW.get():
+        return jax.tree.map(lambda a: jnp.where(bad, jnp.nan, a), x)
+    return eqx.error_if(x, bad, message)
 
 
 def check_finite(name: str, arrays) -> None:
@@ -321,7 +349,7 @@ def as_scale(fname: str, argname: str, value, *, allow_zero: bool = False, stati
             )
         value = jnp.asarray(value)
         bad = ~jnp.isfinite(value) | ((value < 0) if allow_zero else (value <= 0))
-        return eqx.error_if(value, bad, message + ".")
+        return guard(value, bad, message + ".")
     value = float(value)
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{message}; got {value}.")

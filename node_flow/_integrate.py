@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, PyTree, Real
 
+from ._checks import tracing_a_flow
 from ._solution import FlowSolution, RESULTS
 
 
@@ -360,7 +361,13 @@ def _classify(sol, raw_result, ok_times, bad_start, ascent_tol, final_ascent, lo
 @eqx.filter_jit
 def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
     """Solve $\\dot y = $ `field(y)[0]` on [t0, t1] with the ascent monitor; returns
-    (ts, saved pytree at ts, t_final, stats, result, interpolation or None)."""
+    (ts, saved pytree at ts, t_final, stats, result, interpolation or None). Traced with
+    `tracing_a_flow`: a failed check inside the field is a NaN the result reports."""
+    with tracing_a_flow():
+        return _integrate(field, save, y0, t0, t1, ts, options)
+
+
+def _integrate(field, save, y0, t0, t1, ts, options):
     ok_times, t0, t1, ts = _valid_times(t0, t1, ts)
     unflat = StateToY(y0.shape)
     augment = lambda dy, rate: jnp.concatenate([jnp.ravel(dy), jnp.maximum(rate, 0.0)[None]])

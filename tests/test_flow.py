@@ -300,3 +300,38 @@ def test_flows_under_jit_with_traced_times_and_tolerances():
     for a, b in zip(eager, jitted):
         assert a.shape == b.shape and max_abs(a - b) <= 1e-12
     assert max_abs(eager[0][-1] - eager[1][-1]) <= 1e-7  # and the flows agree
+
+
+def _one_layer_closed_form(X, Y, z0, t):
+    """z(t) of z' = -(zX − Y)Xᵀ/N: z* + (z0 − z*) expm(−t XXᵀ/N), z* = YXᵀ(XXᵀ)⁻¹."""
+    import scipy.linalg
+
+    X, Y, z0 = (np.asarray(a) for a in (X, Y, z0))
+    zstar = Y @ X.T @ np.linalg.inv(X @ X.T)
+    return zstar + (z0 - zstar) @ scipy.linalg.expm(-t * X @ X.T / X.shape[1])
+
+
+def test_saves_at_irregular_and_repeated_times_match_the_closed_form():
+    """node_flow saves at `ts` itself (from each step's interpolant, as diffrax's SaveAt
+    does): at t0, repeated times, a time just after t0, one just before t1 and t1, the
+    saves equal the closed form of a linear flow within 1e-8 (rtol = atol = 1e-12; the
+    Tsit5 interpolant is accurate to about the step's local error), and after a
+    `target_loss` stop the unreached saves are `inf`, the reached ones exact."""
+    kx, ky, kz = jax.random.split(jax.random.key(7), 3)
+    X, Y = jax.random.normal(kx, (3, 6)), jax.random.normal(ky, (2, 6))
+    z0 = jax.random.normal(kz, (2, 3))
+    loss = nf.LeastSquares(X, Y)
+    ts = jnp.array([0.0, 0.0, 1e-3, 0.7, 0.7, 1.3, 2.0 - 1e-9, 2.0])
+    sol = nf.gradient_flow(nf.LinearNetwork((z0,)), loss, 2.0, ts=ts, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(np.asarray(sol.ts), np.asarray(ts))
+    for t, z in zip(np.asarray(ts), np.asarray(sol.zs)):
+        assert max_abs(z - _one_layer_closed_form(X, Y, z0, t)) <= 1e-8
+    target = 0.5 * (float(sol.losses[3]) + float(sol.losses[5]))  # crossed in (0.7, 1.3)
+    stop = nf.gradient_flow(
+        nf.LinearNetwork((z0,)), loss, 2.0, ts=ts, target_loss=target, rtol=1e-12, atol=1e-12
+    )
+    assert 0.7 < float(stop.t_final) < 1.3
+    reached = np.asarray(ts) <= float(stop.t_final)
+    assert np.all(np.isinf(np.asarray(stop.ts)[~reached]))
+    assert np.all(np.isinf(np.asarray(stop.zs)[~reached]))
+    assert max_abs(stop.zs[reached] - sol.zs[reached]) <= 1e-12  # the same steps up to there

@@ -563,3 +563,25 @@ def test_sweep_rejects_outputs_that_are_not_arrays(fn, match):
     """The output of `fn` is checked from its one trace, before any batch runs."""
     with pytest.raises((TypeError, ValueError), match=match):
         sweep(fn, jnp.arange(2.0))
+
+
+def test_a_kernel_check_failing_inside_a_swept_flow_fails_that_configuration_only():
+    """A NaN imbalance λ in one configuration: the kernel's check, traced inside the flow,
+    marks that flow's velocity NaN (no `eqx.error_if`, which would abort the whole batch
+    and keep the program out of the compilation cache), so the flow fails with a named
+    result listed in `failed`, and the other configurations equal their eager flows."""
+    loss = nf.LeastSquares(jnp.eye(3), jnp.arange(9.0).reshape(3, 3) / 9)
+
+    def flow(lam):
+        kernel = Partial(nf.kernels.relaxed_balanced, lambdas=lam)
+        return nf.intrinsic_flow(0.5 * jnp.eye(3), loss, kernel, 1.0, throw=False)
+
+    lams = jnp.array([[0.5], [jnp.nan], [1.0]])
+    swept = sweep(flow, lams)
+    assert set(swept.failed) == {1}
+    assert "not finite" in swept.failed[1]
+    for i in (0, 2):
+        eager = flow(lams[i])
+        assert np.max(np.abs(swept.results.zs[i] - np.asarray(eager.zs))) <= 1e-12
+    with pytest.raises(ValueError, match="`lambdas` holds NaN or inf"):
+        flow(lams[1])  # eagerly, the kernel's own message

@@ -1,11 +1,11 @@
 """The intrinsic kernel of the linear neural ODE (THEORY §3)."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import guard
 from ._spectral import apply_in_singular_basis, check_square_pair, spectral_tangent
 
 
@@ -71,7 +71,7 @@ def _singular_values(z: Float[Array, "n n"]):
     """The SVD of `z`, with the singular-z error of [`node_flow.kernels.neural_ode`][]."""
     X, s, Yt = jnp.linalg.svd(z)
     rtol = _SINGULAR_RTOL_ULPS * z.shape[0] * float(np.finfo(z.dtype).eps)
-    s = eqx.error_if(
+    s = guard(
         s,
         ~(s[-1] > rtol * s[0]),
         "kernels.neural_ode: z is singular (or not finite): σ_min/σ_max is at most "

@@ -36,12 +36,11 @@ singular values. It costs $O(n^3)$.
 
 from collections.abc import Callable
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._checks import is_concrete
+from .._checks import guard, is_concrete
 
 
 def _check_finite_input(fname: str, argname: str, x: Array, fix: str, traced: bool = True) -> Array:
@@ -57,7 +56,7 @@ def _check_finite_input(fname: str, argname: str, x: Array, fix: str, traced: bo
         return x
     if not traced:
         return x
-    return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), message)
+    return guard(x, ~jnp.all(jnp.isfinite(x)), message)
 
 
 def check_square_pair(fname: str, z, G) -> tuple[Array, Array]:
