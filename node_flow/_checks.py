@@ -1,8 +1,8 @@
 """Input checks shared by the whole package: one home for validating what users pass.
 
 Checks run on the host before any solve when values are concrete; traced values are
-checked inside the computation (a named result, or `eqx.error_if`) by the functions
-that need it.
+checked inside the computation (a named result, or `guard`: `eqx.error_if`, or NaN
+inside a flow) by the functions that need it.
 """
 
 import contextlib
@@ -325,8 +325,8 @@ def as_scale(fname: str, argname: str, value, *, allow_zero: bool = False, stati
     """A real scale: positive (or ≥ 0 with `allow_zero`) and finite.
 
     A concrete value is checked here and returned as a `float`; a traced one is refused if
-    `static` (a setting decided on the host), else returned guarded by `eqx.error_if` with
-    the same message.
+    `static` (a setting decided on the host), else returned through `guard` with the same
+    message.
     """
     bound = "≥ 0" if allow_zero else "> 0"
     if isinstance(value, (bool, np.bool_)) or not isinstance(

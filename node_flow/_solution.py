@@ -16,8 +16,9 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "shorten `t1` or check the loss."
     )
     nonfinite_gradient = (
-        "The vector field is not finite (NaN or inf) at the initial point: the loss or "
-        "its gradient is not finite there."
+        "The vector field is not finite (NaN or inf) at the initial point: the loss, "
+        "its gradient or the kernel is not finite there (or a kernel's check failed, "
+        "e.g. a NaN parameter: call the kernel at z0 outside `jit` for its message)."
     )
     nonfinite_loss = (
         "The loss became non-finite (NaN or inf) along the flow while the state stayed "

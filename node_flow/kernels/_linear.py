@@ -229,8 +229,8 @@ def relaxed_balanced(
     vanish together (e.g. $\lambda = 0$, $L \ge 2$ and two zero singular values) the kernel
     is not differentiable ($(zz^\top)^{1/L}$) and the tangent is not finite.
 
-    **Raises:** `ValueError` if `z` or `lambdas` hold NaN or inf (`eqx.error_if` under
-    `jit`).
+    **Raises:** `ValueError` if `z` or `lambdas` hold NaN or inf (`eqx.error_if` for a
+    traced `lambdas` under `jit`; inside a flow, NaN, which the flow reports).
     """
     name = "kernels.relaxed_balanced"
     z, G = check_square_pair(name, z, G)

@@ -114,7 +114,9 @@ def neural_ode(z: Float[ArrayLike, "..."], G: Float[ArrayLike, "..."]) -> Float[
 
     **Raises:** `ValueError` if `z` holds NaN or inf (`eqx.error_if` under `jit`); an error
     "z is singular" when $\sigma_{\min}/\sigma_{\max} \le 10\,n\,\varepsilon$ (the neural-ODE
-    lifting $\Phi(1, 0)$ is always invertible; $K_\infty$ involves $\ln s_k^2$).
+    lifting $\Phi(1, 0)$ is always invertible; $K_\infty$ involves $\ln s_k^2$). Inside
+    a flow the singular-z check gives NaN instead, which the flow reports in its result
+    (the solver may reject the stage; see `node_flow._checks.guard`).
     """
     z, G = check_square_pair("kernels.neural_ode", z, G)
     return _neural_ode(z, G)

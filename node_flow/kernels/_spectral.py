@@ -44,7 +44,7 @@ from .._checks import guard, is_concrete
 
 
 def _check_finite_input(fname: str, argname: str, x: Array, fix: str, traced: bool = True) -> Array:
-    """`ValueError` for a concrete non-finite `x`; when traced, `eqx.error_if` with the same
+    """`ValueError` for a concrete non-finite `x`; when traced, `guard` with the same
     message if `traced` (for parameters such as λ, never for the state z: inside an adaptive
     ODE solve, trial stages of rejected steps and the idle lanes of a vmapped solve may be
     non-finite, and the solver, not the kernel, decides; a NaN z then gives a NaN kernel,
