@@ -367,7 +367,32 @@ def integrate(field, save, y0: Array, t0, t1, ts, options: Options):
         return _integrate(field, save, y0, t0, t1, ts, options)
 
 
+def _traced_once(fn):
+    """`fn` under `jit`, traced once per flow. The solver calls the vector field several
+    times in one flow's trace (at $y_0$, in the step, after rejections) and the save
+    function at every save point; each call after the first reuses the first one's trace,
+    which JAX caches by `fn`'s static parts, the shapes and the configuration in force.
+    diffrax evaluates some stages under `jax.numpy_dtype_promotion("standard")`, so every
+    call runs under the promotion rule of the flow's caller (one cache key, and the user's
+    own rule for the user's loss). For a vector field that is itself a solve (a
+    `LinearNeuralODE`) tracing is most of a warm start. Only `_integrate` calls it, always
+    under `tracing_a_flow`, so a cached trace never mixes the two behaviours of `guard`."""
+    promotion = jax.config.jax_numpy_dtype_promotion  # pyright: ignore[reportAttributeAccessIssue]
+
+    def call(y):
+        with jax.numpy_dtype_promotion(promotion):
+            return _jit_call(fn, y)
+
+    return call
+
+
+@eqx.filter_jit
+def _jit_call(fn, y):
+    return fn(y)
+
+
 def _integrate(field, save, y0, t0, t1, ts, options):
+    field, save = _traced_once(field), _traced_once(save)
     ok_times, t0, t1, ts = _valid_times(t0, t1, ts)
     unflat = StateToY(y0.shape)
     augment = lambda dy, rate: jnp.concatenate([jnp.ravel(dy), jnp.maximum(rate, 0.0)[None]])

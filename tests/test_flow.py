@@ -193,6 +193,26 @@ def test_vector_field_evaluation_count_is_exact():
     )
 
 
+def test_a_flow_traces_its_vector_field_and_save_function_once():
+    """The solver calls the vector field at y0, in the step and after rejections, and the
+    save function at every save point; each call after the first reuses one trace (a
+    neural-ODE field is itself a solve: re-tracing it was most of a warm start). So the
+    loss's Python body runs three times: the input check, the field (`value_and_grad`)
+    and the saves; before, eleven. A second flow of the same shapes traces nothing."""
+    calls = []
+
+    def loss(z):
+        calls.append(None)
+        return quartic_loss(z)
+
+    net = nf.init.balanced(jax.random.key(0), (2, 2, 2), scale=0.9)
+    nf.gradient_flow(net, loss, 0.5, ts=jnp.linspace(0.0, 0.5, 4))
+    assert len(calls) == 3
+    calls.clear()
+    sol = nf.gradient_flow(net, loss, 0.7, ts=jnp.linspace(0.0, 0.7, 4))
+    assert len(calls) == 0 and sol.result == nf.RESULTS.successful
+
+
 def test_solution_fields_and_default_save_times():
     net = nf.init.balanced(jax.random.key(0), (2, 3, 2))
     sol = nf.gradient_flow(net, _data(2), 1.0)
