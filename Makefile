@@ -52,6 +52,7 @@ bench: install
 	$(PY) benchmarks/completion_bench.py
 	$(PY) benchmarks/criterion_scale.py
 	$(PY) benchmarks/stiff_bench.py
+	$(PY) benchmarks/warm_start.py
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/sweep_bench.py --out results/bench
 

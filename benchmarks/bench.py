@@ -7,9 +7,9 @@ Every measurement runs in a fresh process (`_worker.py`), one after the other; t
 matmul peak (NumPy, n = 1024) is measured at the start and the end of the same run.
 Writes `summary.json`, `table.md`, `cases.csv` and `bench.png` to `--out`. `summary.json`
 holds every record in one list, `records` (`tool`, `case`, `seconds`, `rel_err`, `nfev`,
-`hardware`), including those of `<out>/completion.json`, `<out>/criterion_scale.json` and
-`<out>/stiff.json` when the other benchmarks (`completion_bench.py`, `criterion_scale.py`,
-`stiff_bench.py`) wrote them.
+`hardware`), including those of `<out>/completion.json`, `<out>/criterion_scale.json`,
+`<out>/stiff.json` and `<out>/warm_start.json` when the other benchmarks
+(`completion_bench.py`, `criterion_scale.py`, `stiff_bench.py`, `warm_start.py`) wrote them.
 """
 
 import argparse
@@ -235,7 +235,8 @@ def flat_records(summary, label):
     return out
 
 
-MERGED = ("completion.json", "criterion_scale.json", "stiff.json")  # the other benchmarks
+# The other benchmarks' results files.
+MERGED = ("completion.json", "criterion_scale.json", "stiff.json", "warm_start.json")
 
 
 def merge_records(path: Path, label) -> tuple[list, str | None]:
@@ -401,7 +402,8 @@ def _merged_table(records):
 
 
 _DETAILS = ("rtol", "eta", "extrapolated", "D", "laws", "laws_expected", "min_gap",
-            "peak_rss_gb", "steps", "t_reached", "loss", "test_error")  # fmt: skip
+            "peak_rss_gb", "steps", "t_reached", "loss", "test_error", "study_seconds",
+            "speedup")  # fmt: skip
 
 
 def _source_table(records):

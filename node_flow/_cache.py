@@ -37,8 +37,9 @@ def enable_compilation_cache(path: Any = None, *, min_compile_seconds: Any = 0.0
     r"""Keep JAX's compiled programs on disk, so that later processes skip compilation.
 
     A flow's first call in a process costs 1–3 s of tracing and XLA compilation per new
-    shape; with the cache, a later process with the same program loads the executable
-    instead of compiling it (tracing still happens). Call it once, **before** the first
+    shape (tens of seconds for a batch of neural-ODE flows); with the cache, a later process
+    with the same program loads the executable instead of compiling it (tracing still
+    happens). Call it once, **before** the first
     compilation (it also resets JAX's in-process cache state, so a later call takes effect).
 
     **Where:** the environment variable `NODE_FLOW_CACHE_DIR`, when set, wins — a folder, or
@@ -53,11 +54,15 @@ def enable_compilation_cache(path: Any = None, *, min_compile_seconds: Any = 0.0
     entry is never loaded; an unreadable (corrupt, truncated) entry makes JAX warn and
     compile afresh. Deleting the folder at any time is safe.
 
-    **Not stored:** JAX does not write a program that contains a host callback, and today
-    every flow solve holds one (diffrax checks traced save times and `dt0` with
-    `eqx.error_if`; `throw=True` under `jit` guards the outputs the same way). The cache
-    therefore saves the compilation of the smaller programs around the flows, not of the
-    flows themselves (measured in the Benchmarks page, "Warm starts").
+    **Not stored:** JAX does not write a program that contains a host callback. node_flow's
+    flows hold none (they save at `ts` themselves, pass their first step through the
+    controller, and report a failed check inside the vector field as a result code), so
+    the cache stores them; a flow is compiled afresh in each process when it holds one all
+    the same: run with `throw=True` inside the caller's `jit` (its outputs are guarded by
+    `eqx.error_if`), with a progress meter, with a traced `dt0` and a constant step size
+    (diffrax checks its sign), or with a loss that calls `jax.debug.print`/`callback`.
+    Tracing is never cached: a warm start still traces every flow once (measured in the
+    Benchmarks page, "Warm starts").
 
     **Arguments:**
 
