@@ -198,7 +198,8 @@ def test_a_flow_traces_its_vector_field_and_save_function_once():
     save function at every save point; each call after the first reuses one trace (a
     neural-ODE field is itself a solve: re-tracing it was most of a warm start). So the
     loss's Python body runs three times: the input check, the field (`value_and_grad`)
-    and the saves; before, eleven. A second flow of the same shapes traces nothing."""
+    and the saves; twelve without the inner jit. A second flow of the same shapes traces
+    nothing."""
     calls = []
 
     def loss(z):
