@@ -35,8 +35,12 @@ def run_study(out: Path, cache: Path) -> dict:
     env = os.environ | {"NODE_FLOW_CACHE_DIR": str(cache)}
     cmd = [sys.executable, str(ROOT / "experiments" / "depth_limit.py"), "--out", str(out)]
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    if done.returncode != 0:  # the study's own message, not a bare CalledProcessError
+        raise SystemExit(
+            f"warm_start: the study failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        )
     summary = json.loads((out / "summary.json").read_text())
     return {
         "seconds": seconds,

@@ -39,8 +39,8 @@ def enable_compilation_cache(path: Any = None, *, min_compile_seconds: Any = 0.0
     A flow's first call in a process costs 1–3 s of tracing and XLA compilation per new
     shape (tens of seconds for a batch of neural-ODE flows); with the cache, a later process
     with the same program loads the executable instead of compiling it (tracing still
-    happens). Call it once, **before** the first
-    compilation (it also resets JAX's in-process cache state, so a later call takes effect).
+    happens). Call it once, **before** the first compilation (it also resets JAX's
+    in-process cache state, so a later call takes effect).
 
     **Where:** the environment variable `NODE_FLOW_CACHE_DIR`, when set, wins — a folder, or
     `off` (also `0`, `false`, `no`, `none`) to disable the cache — so that any script's cache
