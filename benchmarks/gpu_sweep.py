@@ -1,9 +1,13 @@
 """One GPU against the CPU, in one process: the `matrix_completion` grid and a sweep of 4,096
 configurations, each run with `node_flow.sweep` on one GPU and on the host CPU.
 
-1. **Matrix-completion grid**: 100 × 100, rank 5, 2,000 observed entries, mean-squared loss,
-   a balanced depth-L network (`nf.init.balanced`) at scale α, trained by `gradient_flow` to
-   `--T`; the grid is depths × scales × seeds (one sweep per depth: the depth sets the shapes).
+1. **Matrix-completion grid**: the problem of `experiments/matrix_completion.py` (100 × 100
+   target of rank 5 and Frobenius norm 100, 2,000 observed entries, mean-squared loss).
+   Each configuration draws a start $z_0$ whose singular values lie in `scale·[0.5, 1.5]`
+   (Haar frames; the experiment's distribution), factors it into a balanced depth-L
+   network, and follows the parameter flow (`gradient_flow`) until the loss reaches
+   `--target-loss` or t = `--T`; the grid is depths × scales × seeds (one sweep per depth:
+   the depth sets the shapes).
 2. **4,096 configurations**: random residual weights of a depth-16, width-3 network on shared
    least-squares data (the problem of `sweep_bench.py`), one sweep of 4,096 seeds.
 
@@ -16,6 +20,7 @@ configurations. Writes `<out>/gpu_sweep.json` (records with `tool`, `case`, `sec
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +35,10 @@ import node_flow as nf  # noqa: E402
 from node_flow._io import atomic_write_json  # noqa: E402
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import matrix_completion as mc  # noqa: E402
+
+
 logger = logging.getLogger("gpu_sweep")
 
 
@@ -38,17 +47,17 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     p.add_argument("--small", action="store_true", help="tiny sizes: a check of the script")
     p.add_argument("--configs", type=int, default=4096, help="configurations of part 2")
-    p.add_argument("--T", type=float, default=1e4, help="training horizon of the grid")
+    p.add_argument("--T", type=float, default=1e6, help="time limit of the grid's flows")
+    p.add_argument("--target-loss", type=float, default=1e-6, help="the grid's flows stop here")
+    p.add_argument("--seeds", type=int, default=8, help="starts per depth and scale")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def completion_problem(n, rank, observed, seed):
-    rng = np.random.default_rng(seed)
-    truth = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, n)) / np.sqrt(rank)
-    flat = rng.choice(n * n, size=observed, replace=False)
-    rows, cols = np.divmod(flat, n)
-    return nf.MatrixCompletion(rows, cols, truth[rows, cols], (n, n)), truth
+    """`experiments/matrix_completion.py`'s target (‖W‖_F = 100) and observed entries."""
+    W, omegas, _ = mc.problem(seed, n, rank, 100.0, (observed,))
+    return mc.completion_loss(W, *omegas[observed]), W
 
 
 def final_record(sol):
@@ -62,13 +71,23 @@ def final_record(sol):
     }
 
 
-def completion_fn(loss, n, depth, T):
-    """config {key, scale} ↦ final z, loss, steps, result of the balanced network's flow."""
+def completion_fn(loss, n, depth, T, target_loss):
+    """config {key, scale} ↦ final z, loss, steps, result of the balanced network's flow
+    from $z_0$ = `scale` · (Haar frames, singular values in [0.5, 1.5]); the frames come
+    from one depth-1 `balanced` draw (one batched QR) and the factors from one SVD."""
 
     def fn(config):
-        net = nf.init.balanced(config["key"], (n,) * (depth + 1), config["scale"])
+        z0 = config["scale"] * nf.init.balanced(config["key"], (n, n), 1.0).lift()
         sol = nf.gradient_flow(
-            net, loss, T, rtol=1e-6, atol=1e-9, max_steps=20_000, throw=False, save_models=False
+            mc.balanced_network(z0, depth),
+            loss,
+            T,
+            rtol=1e-6,
+            atol=1e-9,
+            max_steps=20_000,
+            target_loss=target_loss,
+            throw=False,
+            save_models=False,
         )
         return final_record(sol)
 
@@ -125,6 +144,7 @@ def compare(case, runs, label):
                 "rel_err": diff / scale,  # against the CPU run of the same sweep
                 "nfev": int(np.sum(res["nfev"])),
                 "steps_max": int(np.max(res["steps"])),
+                "final_loss_max": float(np.max(res["loss"])),
                 "failed": failed,
                 "hardware": label[kind],
             }
@@ -145,11 +165,19 @@ def main(argv=None):
     devices = {"cpu": cpu, "gpu": gpu or cpu}
     label = {k: f"{d.platform}: {d.device_kind}" for k, d in devices.items()}
     n, rank, observed = (20, 2, 200) if args.small else (100, 5, 2000)
-    depths, scales, seeds = ((2, 3), (1e-2,), 2) if args.small else ((2, 3, 4), (1e-3, 1e-2), 8)
+    depths, scales = ((2, 3), (1e-2,)) if args.small else ((2, 3, 4), (1e-3, 1e-2))
+    seeds = 2 if args.small else args.seeds
     T = 10.0 if args.small else args.T
     configs = min(args.configs, 64) if args.small else args.configs
     loss, _ = completion_problem(n, rank, observed, args.seed)
-    records = []
+    keys = jax.random.split(jax.random.key(args.seed), configs)
+    work = [
+        (
+            f"residual depth=16 width=3 T=2: {configs} configurations",
+            residual_fn(3, 16, 2.0, args.seed),
+            keys,
+        )
+    ]
     for depth in depths:
         keys = jax.random.split(jax.random.key(args.seed + depth), seeds)
         grid = {
@@ -158,25 +186,26 @@ def main(argv=None):
         }
         case = (
             f"matrix_completion n={n} rank={rank} observed={observed} depth={depth} "
-            f"T={T:g}: {len(scales) * seeds} configurations (scales {list(scales)})"
+            f"to loss {args.target_loss:g} or t={T:g}: {len(scales) * seeds} configurations "
+            f"(z0 scales {list(scales)})"
         )
-        runs = on_devices(completion_fn(loss, n, depth, T), grid, devices)
-        records += compare(case, runs, label)
-    keys = jax.random.split(jax.random.key(args.seed), configs)
-    runs = on_devices(residual_fn(3, 16, 2.0, args.seed), keys, devices)
-    records += compare(f"residual depth=16 width=3 T=2: {configs} configurations", runs, label)
-    summary = {"devices": label, "jax": jax.__version__, "records": records}
-    atomic_write_json(args.out / "gpu_sweep.json", summary)
-    for r in records:
-        logger.info(
-            "%-24s %-90s %8.3f s (first %.1f s)  rel diff vs CPU %.1e  failed %d",
-            r["tool"],
-            r["case"],
-            r["seconds"],
-            r["first_call_s"],
-            r["rel_err"],
-            r["failed"],
-        )
+        work.append((case, completion_fn(loss, n, depth, T, args.target_loss), grid))
+    records = []
+    for case, fn, grid in work:  # the file is rewritten after each case: a cut run keeps them
+        new = compare(case, on_devices(fn, grid, devices), label)
+        records += new
+        summary = {"devices": label, "jax": jax.__version__, "records": records}
+        atomic_write_json(args.out / "gpu_sweep.json", summary)
+        for r in new:
+            logger.info(
+                "%-24s %-90s %8.3f s (first %.1f s)  rel diff vs CPU %.1e  failed %d",
+                r["tool"],
+                r["case"],
+                r["seconds"],
+                r["first_call_s"],
+                r["rel_err"],
+                r["failed"],
+            )
 
 
 if __name__ == "__main__":

@@ -360,6 +360,11 @@ def sweep(
     **Returns:** a [`node_flow.SweepResult`][] with `configs`, `results` (leading axis $N$),
     `sharding`, `batch_size`, which batches were `computed` and `loaded`, and the `failed`
     configurations.
+
+    **On a CPU**, keep independent LAPACK calls (QR, SVD, eigh) in `fn` few: XLA runs them
+    concurrently, and with more of them than CPU threads jaxlib 0.10 deadlocked on a
+    2-core machine (the process slept forever). node_flow's initializations draw all of a
+    network's frames with one batched QR for this reason; batch your own the same way.
     """
     if not callable(fn):
         raise TypeError(f"sweep: `fn` must be callable (configuration ↦ results); got {fn!r}.")

@@ -1,6 +1,8 @@
 """Deep linear networks, their conservation laws and initializations (THEORY §2)."""
 
 import functools as ft
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 import node_flow as nf
+import node_flow.init._common as init_common
 
 from .helpers import max_abs
 
@@ -44,6 +47,46 @@ def test_balanced_init_is_exactly_balanced(widths):
     net = nf.init.balanced(KEY, widths, scale=1.3)
     for C in nf.conservation_laws(net):
         assert max_abs(C) <= 1e-14 * 10
+
+
+def test_frames_from_one_batched_qr_equal_separate_factorizations():
+    """The zero-padded batch gives each frame of a separate QR (to rounding), Haar-signed
+    (positive diagonal of R) and orthonormal, at every height."""
+    keys = list(jax.random.split(KEY, 4))
+    rows, cols = (3, 7, 5, 3), 3
+    frames = init_common.orthonormal_frames(keys, rows, cols, jnp.float64)
+    for key, n, V in zip(keys, rows, frames):
+        Q, R = np.linalg.qr(np.asarray(jax.random.normal(key, (n, cols), jnp.float64)))
+        expected = Q * np.sign(np.diag(R))
+        assert V.shape == (n, cols)
+        # entries O(1), rounding of one Householder QR of a ≤ 7 × 3 matrix: ≤ 1e-14
+        assert max_abs(V - expected) <= 1e-14
+        assert max_abs(V.T @ V - np.eye(cols)) <= 1e-14
+
+
+_SWEPT_INIT = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import node_flow as nf
+keys = jax.random.split(jax.random.key(0), 16)
+nets = jax.jit(jax.vmap(lambda k: nf.init.balanced(k, (100, 100, 100), 1e-2)))(keys)
+U1, U2 = nets.weights
+gap = jax.numpy.abs(jax.numpy.swapaxes(U2, 1, 2) @ U2 - U1 @ jax.numpy.swapaxes(U1, 1, 2))
+print(float(gap.max()))
+"""
+
+
+def test_balanced_init_swept_over_keys_returns():
+    """`vmap` over 16 keys of a width-100, depth-2 `balanced` network: three frames per
+    network. As three separate QR kernels, jaxlib 0.10 ran them concurrently on 2 CPUs and
+    deadlocked (the process slept forever); one batched QR returns in about a second. In a
+    subprocess with a timeout, so a hang fails the test instead of stalling the suite. The
+    networks must still be balanced: entries O(scale²) = 1e-4, rounding ≤ 1e-18."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SWEPT_INIT], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) <= 1e-18
 
 
 @pytest.mark.parametrize("depth", [2, 3, 5, 8])

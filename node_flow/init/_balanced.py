@@ -9,7 +9,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._checks import as_float_dtype, as_scale, as_widths, is_concrete, ScaleLike, WidthsLike
 from .._linear import LinearNetwork
-from ._common import orthonormal, psd_sqrt, spectrum
+from ._common import orthonormal, orthonormal_frames, psd_sqrt, spectrum
 
 
 def balanced(
@@ -34,7 +34,7 @@ def balanced(
     r = min(widths)
     k_sigma, *k_frames = jax.random.split(key, len(widths) + 1)
     sigma = spectrum(k_sigma, r, scale, dtype)
-    V = [orthonormal(k, n, r, dtype) for k, n in zip(k_frames, widths)]
+    V = orthonormal_frames(k_frames, widths, r, dtype)
     return LinearNetwork(tuple((V[j + 1] * sigma) @ V[j].T for j in range(len(widths) - 1)))
 
 
@@ -103,7 +103,7 @@ def relaxed_balanced(
         k_sigma, *k_frames = jax.random.split(key, depth + 2)
         a = spectrum(k_sigma, n, scale, dtype) ** 2 + float(max(0.0, -c.min()))
         sigma = jnp.sqrt(a[None, :] + jnp.asarray(c, dtype)[:, None])
-        X = [orthonormal(k, n, n, dtype) for k in k_frames]
+        X = orthonormal_frames(k_frames, [n] * len(k_frames), n, dtype)
         return LinearNetwork(tuple((X[j + 1] * sigma[j]) @ X[j].T for j in range(depth)))
     if np.all(lam == 0):
         return balanced(key, widths, scale, dtype=dtype)
